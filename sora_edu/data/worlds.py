@@ -222,14 +222,14 @@ class Scene:
         Grammar (what :func:`parse_caption` reads back)::
 
             <object 0> across|on a(n) <background> background
-            [while <object 1>[, <object 2>] and <object N>]
+            [while|with <object 1>[, <object 2>] and <object N>]     ("with" for a still image)
             [, with a wall in the scene][, as the camera pans <direction>]
         """
         first, *others = [o.phrase(self.frames) for o in self.objects]
         moving = self.frames > 1 and self.objects[0].motion != "still"
         text = f"{first} {'across' if moving else 'on'} {_article(self.background)} {self.background} background"
         if others:
-            text += " while " + (others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1])
+            text += (" while " if self.frames > 1 else " with ") + (others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1])
         if self.has_wall and not any(o.passes_behind_wall for o in self.objects):
             text += ", with a wall in the scene"
         if self.pan is not None and self.frames > 1:
@@ -656,7 +656,7 @@ def parse_caption(caption: str) -> dict:
     obj = rf"a (?:{sizes}) (?:{colours}) (?:{shapes})(?: (?:{motions}))?(?: and passes behind a wall)?"
     m = re.fullmatch(
         rf"({obj}) (?:across|on) an? ({'|'.join(BACKGROUNDS)}) background"
-        rf"(?: while ((?:{obj})(?:(?:, | and ){obj})*))?"
+        rf"(?: (?:while|with) ((?:{obj})(?:(?:, | and ){obj})*))?"
         rf"(, with a wall in the scene)?(?:, as the camera pans ({'|'.join(PANS)}))?",
         caption,
     )
