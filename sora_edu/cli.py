@@ -2,6 +2,7 @@
 
     sora-edu demo                      a gallery of the three toy worlds (grows into text-to-video)
     sora-edu worlds --n 100 --out DIR  a captioned sample set: mp4 files + captions.jsonl
+    sora-edu fit --config NAME.yaml    train with LightningCLI (also validate, test, predict)
 
 Subcommands are plain type-hinted functions turned into a CLI by jsonargparse, the same
 library under LightningCLI, so ``--help`` and ``--print_config`` work the same way.
@@ -93,10 +94,19 @@ def demo(out: str = "sora_edu_demo", seed: int = 0) -> Path:
     return folder
 
 
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from .train.cli import main as lightning_main
+
+        lightning_main(argv)
+        return
     from jsonargparse import CLI
 
-    CLI([demo, worlds], args=argv if argv is not None else sys.argv[1:], as_positional=False)
+    CLI([demo, worlds], args=argv, as_positional=False)
 
 
 if __name__ == "__main__":

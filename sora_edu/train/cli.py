@@ -1,0 +1,61 @@
+"""``sora-edu fit``: LightningCLI over any LightningModule / DataModule of the package.
+
+    sora-edu fit --config vit_digits.yaml                 # a packaged config, by name
+    sora-edu fit --config sora_edu/configs/vit_digits.yaml --trainer.max_steps=200
+    sora-edu fit --config vit_digits.yaml --print_config  # the full, resolved config
+
+Notebooks build the very same objects with :func:`from_config` and only override sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file path, or the name of a packaged config (``vit_digits`` or ``vit_digits.yaml``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    packaged = CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    if packaged.exists():
+        return packaged
+    known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise FileNotFoundError(f"no config {str(name)!r}: not a file, and not a packaged config ({known})")
+
+
+def _resolve_configs(args: Sequence[str]) -> list[str]:
+    out, it = [], iter(args)
+    for a in it:
+        if a == "--config":
+            out += [a, str(config_path(next(it)))]
+        elif a.startswith("--config="):
+            out.append("--config=" + str(config_path(a.split("=", 1)[1])))
+        else:
+            out.append(a)
+    return out
+
+
+def make_cli(args: Sequence[str] | None, run: bool = True) -> LightningCLI:
+    return LightningCLI(
+        model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True,
+        args=_resolve_configs(list(args)) if args is not None else None, run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(args: Sequence[str]) -> None:
+    """Entry point of ``sora-edu fit|validate|test|predict ...``."""
+    make_cli(args, run=True)
+
+
+def from_config(name: str | Path, *overrides: str) -> LightningCLI:
+    """Build model, datamodule and trainer from a config plus ``--key=value`` overrides,
+    without running: ``cli = from_config("vit_digits", "--trainer.max_steps=100")``;
+    then ``cli.trainer.fit(cli.model, cli.datamodule)``."""
+    return make_cli(["--config", str(config_path(name)), *overrides], run=False)
