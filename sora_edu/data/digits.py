@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .worlds import bounce_path, check_video_size
+from .worlds import bounce_path, check_video_size, sample_rng
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN_IMAGES = 1500
@@ -76,9 +76,7 @@ class MovingDigits(Dataset):
         return self.size
 
     def sample(self, i: int) -> DigitSample:
-        if not 0 <= i < self.size:
-            raise IndexError(f"index {i} out of range for {self.size} samples")
-        rng = np.random.default_rng([self.seed, i])
+        i, rng = sample_rng(self.seed, i, self.size)
         T, H, W = self.frames, self.height, self.width
         side = max(4, round(self.digit_size * min(H, W)))
         n = int(rng.integers(1, self.max_digits + 1))

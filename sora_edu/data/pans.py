@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .worlds import check_video_size
+from .worlds import check_video_size, sample_rng
 
 # scikit-image sample name -> what the caption calls it (all bundled with the package).
 PHOTOS: dict[str, str] = {
@@ -134,9 +134,7 @@ class CameraPans(Dataset):
         return self.size
 
     def sample(self, i: int) -> PanSample:
-        if not 0 <= i < self.size:
-            raise IndexError(f"index {i} out of range for {self.size} samples")
-        rng = np.random.default_rng([self.seed, i])
+        i, rng = sample_rng(self.seed, i, self.size)
         name = str(rng.choice(self.photos))
         move = str(rng.choice(self.moves))
         photo = load_photo(name)

@@ -142,6 +142,15 @@ class WorldConfig:
             raise ValueError(f"pan_extent must be in [0, 0.5), got {self.pan_extent!r}")
 
 
+def sample_rng(seed: int, index: int, size: int) -> tuple[int, np.random.Generator]:
+    """The generator of sample ``index`` of a seeded dataset of ``size`` samples (negative
+    indices count from the end): it depends only on ``(seed, index)``, never on access order."""
+    if not -size <= index < size:
+        raise IndexError(f"index {index} out of range for a dataset of {size} samples")
+    index %= size
+    return index, np.random.default_rng([seed, index])
+
+
 def check_video_size(frames: int, height: int, width: int) -> None:
     """Raise ``ValueError`` naming the bad value unless ``frames, height, width`` are usable."""
     for name, value, least in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
@@ -594,17 +603,12 @@ class ShapesWorld(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _check_index(self, i: int) -> int:
-        if not -self.size <= i < self.size:
-            raise IndexError(f"index {i} out of range for a world of {self.size} samples")
-        return i % self.size
-
     def scene(self, i: int) -> tuple[Scene, np.random.Generator]:
-        rng = np.random.default_rng([self.seed, self._check_index(i)])
+        _, rng = sample_rng(self.seed, i, self.size)
         return sample_scene(rng, self.config, self.frames, self.height, self.width, **self.fixed), rng
 
     def samples(self, indices: Sequence[int]) -> list[WorldSample]:
-        indices = [self._check_index(int(i)) for i in indices]
+        indices = [sample_rng(self.seed, int(i), self.size)[0] for i in indices]
         drawn = [self.scene(i) for i in indices]
         # Small chunks keep the working set in cache: ~2x faster than one big batch.
         videos = torch.cat([render([s for s, _ in drawn[j:j + 8]]) for j in range(0, len(drawn), 8)])
@@ -677,5 +681,5 @@ def parse_caption(caption: str) -> dict:
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "SIZES", "MOTIONS", "PANS", "AltTextConfig", "WorldConfig",
     "WorldObject", "Scene", "WorldSample", "ShapesWorld", "sample_scene", "render", "alt_text",
-    "render_prompt", "parse_caption", "shape_area", "check_video_size", "bounce_path",
+    "render_prompt", "parse_caption", "shape_area", "check_video_size", "bounce_path", "sample_rng",
 ]

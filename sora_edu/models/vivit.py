@@ -130,21 +130,26 @@ class FrameViT(nn.Module):
     Either way the order of frames is lost, so "moves left" and "moves right" look alike.
     Feature averaging still sees the *set* of positions an object visits (a horizontal
     or vertical smear), which per-frame predictions cannot combine; notebook 02 measures both.
+    ``frame_stride`` keeps every n-th frame (uniform frame sampling): with 2, a ViT on
+    8x8 patches of 4 of 8 frames sees as many tokens as ViViT on 2x8x8 tubelets.
     """
 
     def __init__(self, num_classes: int = 6, in_channels: int = 3, patch_size: int = 8, dim: int = 96,
-                 depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, fusion: str = "logits") -> None:
+                 depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, fusion: str = "logits",
+                 frame_stride: int = 1) -> None:
         super().__init__()
         if fusion not in ("logits", "features"):
             raise ValueError(f"fusion must be 'logits' or 'features', got {fusion!r}")
-        self.fusion = fusion
+        if frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        self.fusion, self.frame_stride = fusion, frame_stride
         self.vit = ViT(num_classes, patch_size, in_channels, dim, depth, heads, mlp_ratio)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if video.ndim != 5:
             raise ValueError(f"FrameViT expects video (B, C, T, H, W), got shape {tuple(video.shape)}")
         b = video.shape[0]
-        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        frames = rearrange(video[:, :, :: self.frame_stride], "b c t h w -> (b t) c h w")
         if self.fusion == "features":
             feats = rearrange(self.vit.features(frames), "(b t) d -> b t d", b=b)
             return self.vit.head(feats.mean(dim=1))

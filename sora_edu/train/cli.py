@@ -58,4 +58,9 @@ def from_config(name: str | Path, *overrides: str) -> LightningCLI:
     """Build model, datamodule and trainer from a config plus ``--key=value`` overrides,
     without running: ``cli = from_config("vit_digits", "--trainer.max_steps=100")``;
     then ``cli.trainer.fit(cli.model, cli.datamodule)``."""
-    return make_cli(["--config", str(config_path(name)), *overrides], run=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # Inside Jupyter, sys.argv holds the kernel's own arguments; `args` is what counts.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+        return make_cli(["--config", str(config_path(name)), *overrides], run=False)
