@@ -1,0 +1,223 @@
+"""The video compression network: a causal 3D convolutional autoencoder.
+
+Sora's report: "We train a network that reduces the dimensionality of visual data ...
+compresses the video temporally and spatially." Ours follows latent diffusion ("High-
+Resolution Image Synthesis with Latent Diffusion Models", arXiv 2112.10752) for the
+bottleneck and MAGVIT-v2 ("Language Model Beats Diffusion", arXiv 2310.05737) for time:
+every convolution is **causal** in time (padding only before the first frame), so latent
+frame ``t`` depends on video frames ``<= t`` only, and **frame 0 is encoded on its own**.
+An image is a one-frame video, and image and video share one model.
+
+With ``temporal_down = 2`` (4x in time) a video of ``T = 1 + 4k`` frames gives ``1 + k``
+latent frames: the first for frame 0 alone, then one per 4 frames. Other ``T`` are padded
+at the end (repeating the last frame) and cropped back after decoding.
+
+Two bottlenecks behind one interface (``bottleneck=``): ``"kl"`` (a diagonal Gaussian
+with a KL penalty), ``"vq"`` (:class:`~sora_edu.models.quantize.VectorQuantizer`) and
+``"fsq"`` (:class:`~sora_edu.models.quantize.FSQ`).
+
+Layouts: video ``(B, C, T, H, W)`` in [-1, 1]; latents ``(B, z_channels, T', H', W')``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .quantize import FSQ, VectorQuantizer
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution that never looks at future frames: the time axis is padded only at
+    the start, with copies of frame 0 (so frame 0's output is a function of frame 0)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int | Sequence[int] = 3, stride: Sequence[int] = (1, 1, 1)) -> None:
+        super().__init__()
+        kt, kh, kw = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+        self.time_pad = kt - 1
+        self.conv = nn.Conv3d(cin, cout, (kt, kh, kw), stride=tuple(stride), padding=(0, kh // 2, kw // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
+        return self.conv(x)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block of two causal convolutions. GroupNorm normalises over
+    (channels, T, H, W) of one sample, which mixes time; we normalise each frame on its own
+    so the block stays causal."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = _norm(cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = _norm(cout), CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    @staticmethod
+    def _frame_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = norm(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.reshape(b, t, c, h, w).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self._frame_norm(self.norm1, x)))
+        h = self.conv2(F.silu(self._frame_norm(self.norm2, h)))
+        return self.skip(x) + h
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels: int, channels: Sequence[int], temporal_down: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_in = CausalConv3d(in_channels, channels[0])
+        layers = []
+        for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+            t_stride = 2 if i < temporal_down else 1
+            layers += [ResBlock(cin, cin), CausalConv3d(cin, cout, 3, stride=(t_stride, 2, 2))]
+        self.down = nn.Sequential(*layers)
+        self.mid = ResBlock(channels[-1], channels[-1])
+        self.norm_out = _norm(channels[-1])
+        self.conv_out = CausalConv3d(channels[-1], out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.down(self.conv_in(x)))
+        return self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h)))
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling in space, and in time the causal way: latent frame 0 gives one
+    frame, every later latent frame two (``T' -> 1 + 2 (T' - 1)``)."""
+
+    def __init__(self, channels: int, cout: int, time: bool) -> None:
+        super().__init__()
+        self.time = time
+        self.conv = CausalConv3d(channels, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        if self.time:
+            x = x.repeat_interleave(2, dim=2)[:, :, 1:]
+        return self.conv(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, out_channels: int, channels: Sequence[int], temporal_down: int, z_channels: int) -> None:
+        super().__init__()
+        rev = list(channels)[::-1]
+        self.conv_in = CausalConv3d(z_channels, rev[0])
+        self.mid = ResBlock(rev[0], rev[0])
+        n = len(rev) - 1
+        layers = []
+        for i, (cin, cout) in enumerate(zip(rev[:-1], rev[1:])):
+            # Temporal upsampling mirrors the encoder: its first `temporal_down` levels were
+            # the ones that halved time, which are the decoder's last ones.
+            layers += [ResBlock(cin, cin), Upsample(cin, cout, time=(n - 1 - i) < temporal_down)]
+        self.up = nn.Sequential(*layers)
+        self.norm_out = _norm(rev[-1])
+        self.conv_out = CausalConv3d(rev[-1], out_channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.up(self.mid(self.conv_in(z)))
+        return self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h)))
+
+
+@dataclass
+class VAEOutput:
+    reconstruction: torch.Tensor  # (B, C, T, H, W)
+    latents: torch.Tensor  # (B, z, T', H', W'), what diffusion will model (before scaling)
+    loss: torch.Tensor  # the bottleneck's term: beta * KL, or the quantiser's loss
+    stats: dict
+
+
+class VideoAutoencoder(nn.Module):
+    """Causal video autoencoder with a KL, VQ or FSQ bottleneck.
+
+    ``channels`` are the widths of the resolution levels: ``len(channels) - 1`` spatial 2x
+    downsamplings, the first ``temporal_down`` of which also halve time. ``z_channels`` is
+    the latent width (for FSQ, ``len(fsq_levels)``).
+    """
+
+    def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 64, 64), temporal_down: int = 2,
+                 z_channels: int = 8, bottleneck: str = "kl", kl_weight: float = 1e-6, codebook_size: int = 512,
+                 vq_beta: float = 0.25, fsq_levels: Sequence[int] = (8, 5, 5, 5)) -> None:
+        super().__init__()
+        if bottleneck not in ("kl", "vq", "fsq"):
+            raise ValueError(f"bottleneck must be 'kl', 'vq' or 'fsq', got {bottleneck!r}")
+        if not 0 <= temporal_down <= len(channels) - 1:
+            raise ValueError(f"temporal_down must be in [0, {len(channels) - 1}], got {temporal_down}")
+        if bottleneck == "fsq":
+            z_channels = len(fsq_levels)
+        self.bottleneck, self.kl_weight = bottleneck, kl_weight
+        self.in_channels, self.z_channels = in_channels, z_channels
+        self.time_factor, self.space_factor = 2 ** temporal_down, 2 ** (len(channels) - 1)
+        self.encoder = Encoder(in_channels, channels, temporal_down, 2 * z_channels if bottleneck == "kl" else z_channels)
+        self.decoder = Decoder(in_channels, channels, temporal_down, z_channels)
+        if bottleneck == "vq":
+            self.quantizer = VectorQuantizer(codebook_size, z_channels, vq_beta)
+        elif bottleneck == "fsq":
+            self.quantizer = FSQ(fsq_levels)
+
+    # --- shapes ---------------------------------------------------------------------------
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for a video of ``frames``: 1 for frame 0, then one per ``time_factor``."""
+        return 1 + -(-(frames - 1) // self.time_factor)
+
+    def check_video(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != self.in_channels:
+            raise ValueError(f"expected video (B, {self.in_channels}, T, H, W), got shape {tuple(video.shape)}")
+        h, w = video.shape[-2:]
+        if h % self.space_factor or w % self.space_factor:
+            raise ValueError(f"H and W must be multiples of {self.space_factor} (the spatial compression), got {h}x{w}")
+
+    def _pad_time(self, video: torch.Tensor) -> torch.Tensor:
+        target = 1 + (self.latent_frames(video.shape[2]) - 1) * self.time_factor
+        extra = target - video.shape[2]
+        return torch.cat([video, video[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2) if extra else video
+
+    # --- encode / decode ------------------------------------------------------------------
+
+    def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
+        self.check_video(video)
+        return self.encoder(self._pad_time(video))
+
+    def encode(self, video: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """``video (B, C, T, H, W)`` -> latents ``(B, z, T', H/s, W/s)``: the KL mean (or a
+        sample), or the quantised code."""
+        h = self.encode_moments(video)
+        if self.bottleneck == "kl":
+            mean, logvar = h.chunk(2, dim=1)
+            return mean + torch.randn_like(mean) * (0.5 * logvar.clamp(-30, 20)).exp() if sample else mean
+        return self.quantizer(h).z_q
+
+    def decode(self, latents: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """Latents ``(B, z, T', H', W')`` -> video ``(B, C, 1 + s_t (T'-1), H, W)``, cropped to
+        ``frames`` when given (the clip length before end padding)."""
+        if latents.ndim != 5 or latents.shape[1] != self.z_channels:
+            raise ValueError(f"expected latents (B, {self.z_channels}, T, H, W), got shape {tuple(latents.shape)}")
+        video = self.decoder(latents)
+        return video[:, :, :frames] if frames is not None else video
+
+    def forward(self, video: torch.Tensor) -> VAEOutput:
+        h = self.encode_moments(video)
+        stats = {}
+        if self.bottleneck == "kl":
+            mean, logvar = h.chunk(2, dim=1)
+            logvar = logvar.clamp(-30, 20)
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+            loss = self.kl_weight * kl
+            stats["kl"] = kl.detach()
+        else:
+            q = self.quantizer(h)
+            z, loss = q.z_q, q.loss
+            stats["perplexity"] = q.perplexity.detach()
+        return VAEOutput(self.decode(z, video.shape[2]), z, loss, stats)

@@ -1,0 +1,102 @@
+"""The causal video autoencoder and its quantisers (tiny sizes, seeded)."""
+
+import pytest
+import torch
+
+from sora_edu.models.quantize import FSQ, VectorQuantizer
+from sora_edu.models.vae import CausalConv3d, VideoAutoencoder
+
+TINY = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4)
+
+
+@pytest.mark.parametrize("bottleneck", ["kl", "vq", "fsq"])
+@pytest.mark.parametrize("frames", [1, 5, 9, 16])
+def test_encode_decode_shapes(bottleneck, frames):
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(bottleneck=bottleneck, codebook_size=16, **TINY).eval()
+    video = torch.rand(2, 3, frames, 16, 24) * 2 - 1
+    z = vae.encode(video)
+    assert z.shape == (2, vae.z_channels, 1 + -(-(frames - 1) // 4), 4, 6)
+    out = vae(video)
+    assert out.reconstruction.shape == video.shape
+    assert vae.decode(z, frames).shape == video.shape
+
+
+def test_causal_future_frames_do_not_change_the_past():
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(**TINY).eval()
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    changed = video.clone()
+    changed[:, :, 5:] = torch.rand_like(changed[:, :, 5:])  # frames > 4 change
+    with torch.no_grad():
+        z, z2 = vae.encode(video), vae.encode(changed)
+        # latent frame 0 sees frame 0 only; latent frame 1 sees frames 1-4
+        torch.testing.assert_close(z[:, :, :2], z2[:, :, :2])
+        assert not torch.allclose(z[:, :, 2:], z2[:, :, 2:])
+        rec, rec2 = vae.decode(z), vae.decode(z2)
+        torch.testing.assert_close(rec[:, :, :5], rec2[:, :, :5])
+
+
+def test_first_frame_is_encoded_alone_so_an_image_is_a_video():
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(**TINY).eval()
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(vae.encode(video[:, :, :1]), vae.encode(video)[:, :, :1])
+
+
+def test_causal_conv_pads_only_the_past():
+    conv = CausalConv3d(1, 1, 3)
+    x = torch.zeros(1, 1, 4, 5, 5)
+    y0 = conv(x)
+    x[:, :, 3] = 1.0
+    assert torch.equal(conv(x)[:, :, :3], y0[:, :, :3])
+
+
+def test_wrong_shapes_name_the_layout():
+    vae = VideoAutoencoder(**TINY)
+    with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
+        vae.encode(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.encode(torch.rand(1, 3, 5, 18, 16))
+    with pytest.raises(ValueError, match=r"\(B, 4, T, H, W\)"):
+        vae.decode(torch.rand(1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match="bottleneck"):
+        VideoAutoencoder(bottleneck="gan")
+
+
+def test_vq_straight_through_gradient_is_nonzero():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(codebook_size=8, dim=4)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = vq(z)
+    (out.z_q.pow(2).sum() + out.loss).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    # the forward value is the code itself
+    torch.testing.assert_close(out.z_q.detach(), vq.decode_indices(out.indices))
+
+
+def test_vq_dead_codes_restart():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(codebook_size=16, dim=2, decay=0.5, restart_threshold=0.5)
+    data = torch.randn(64, 2, 1, 1)
+    vq(data)  # initialise on data
+    vq.codebook[3] = torch.tensor([100.0, 100.0])  # a code nobody will ever pick
+    vq.embed_sum[3] = vq.codebook[3]
+    for _ in range(5):
+        vq(data)
+    assert vq.codebook[3].abs().max() < 10, "the dead code was moved onto the data"
+
+
+def test_fsq_levels_and_indices():
+    fsq = FSQ((8, 5, 3))
+    assert fsq.codebook_size == 120
+    z = torch.randn(4, 3, 5, 5) * 3
+    out = fsq(z)
+    assert out.indices.min() >= 0 and out.indices.max() < 120
+    for c, levels in enumerate((8, 5, 3)):
+        values = out.z_q[:, c].unique()
+        assert len(values) <= levels
+    z.requires_grad_(True)
+    fsq(z).z_q.sum().backward()
+    assert z.grad.abs().sum() > 0
