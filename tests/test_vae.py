@@ -7,13 +7,17 @@ from sora_edu.models.quantize import FSQ, VectorQuantizer
 from sora_edu.models.vae import CausalConv3d, VideoAutoencoder
 
 TINY = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4)
+# Same 4x4x4 compression reached another way: a causal 2x2x2 patchify stem, one conv level.
+STEM = dict(channels=(16, 16), temporal_down=1, z_channels=4, stem=(2, 2))
+DENSE = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4, factorised=False)
 
 
+@pytest.mark.parametrize("arch", [TINY, STEM, DENSE], ids=["levels", "stem", "dense3d"])
 @pytest.mark.parametrize("bottleneck", ["kl", "vq", "fsq"])
 @pytest.mark.parametrize("frames", [1, 5, 9, 16])
-def test_encode_decode_shapes(bottleneck, frames):
+def test_encode_decode_shapes(arch, bottleneck, frames):
     torch.manual_seed(0)
-    vae = VideoAutoencoder(bottleneck=bottleneck, codebook_size=16, **TINY).eval()
+    vae = VideoAutoencoder(bottleneck=bottleneck, codebook_size=16, **arch).eval()
     video = torch.rand(2, 3, frames, 16, 24) * 2 - 1
     z = vae.encode(video)
     assert z.shape == (2, vae.z_channels, 1 + -(-(frames - 1) // 4), 4, 6)
@@ -22,9 +26,10 @@ def test_encode_decode_shapes(bottleneck, frames):
     assert vae.decode(z, frames).shape == video.shape
 
 
-def test_causal_future_frames_do_not_change_the_past():
+@pytest.mark.parametrize("arch", [TINY, STEM, DENSE], ids=["levels", "stem", "dense3d"])
+def test_causal_future_frames_do_not_change_the_past(arch):
     torch.manual_seed(0)
-    vae = VideoAutoencoder(**TINY).eval()
+    vae = VideoAutoencoder(**arch).eval()
     video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
     changed = video.clone()
     changed[:, :, 5:] = torch.rand_like(changed[:, :, 5:])  # frames > 4 change
@@ -37,9 +42,10 @@ def test_causal_future_frames_do_not_change_the_past():
         torch.testing.assert_close(rec[:, :, :5], rec2[:, :, :5])
 
 
-def test_first_frame_is_encoded_alone_so_an_image_is_a_video():
+@pytest.mark.parametrize("arch", [TINY, STEM], ids=["levels", "stem"])
+def test_first_frame_is_encoded_alone_so_an_image_is_a_video(arch):
     torch.manual_seed(0)
-    vae = VideoAutoencoder(**TINY).eval()
+    vae = VideoAutoencoder(**arch).eval()
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(vae.encode(video[:, :, :1]), vae.encode(video)[:, :, :1])

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .quantize import FSQ, VectorQuantizer
 
@@ -47,6 +48,44 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
+def causal_conv(cin: int, cout: int, stride: Sequence[int] = (1, 1, 1), factorised: bool = True) -> nn.Module:
+    """A causal 3x3x3 convolution, or its (2+1)D factorisation (R(2+1)D, arXiv 1711.11248):
+    a 1x3x3 spatial conv then a 3x1x1 causal temporal conv, ~2x cheaper on a CPU."""
+    st, sh, sw = stride
+    if not factorised:
+        return CausalConv3d(cin, cout, 3, stride)
+    return nn.Sequential(CausalConv3d(cin, cout, (1, 3, 3), (1, sh, sw)), CausalConv3d(cout, cout, (3, 1, 1), (st, 1, 1)))
+
+
+class CausalPatchify(nn.Module):
+    """Space-time to depth, causally: fold ``pt x p x p`` blocks into channels after padding
+    the start with ``pt - 1`` copies of frame 0, so the first block holds frame 0 alone.
+    ``(B, C, 1 + pt*k, H, W) -> (B, C*pt*p*p, 1 + k, H/p, W/p)``: a free first downsampling
+    that keeps the expensive convolutions off the full-resolution video."""
+
+    def __init__(self, pt: int, p: int) -> None:
+        super().__init__()
+        self.pt, self.p = pt, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pt > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.pt - 1, -1, -1), x], dim=2)
+        return rearrange(x, "b c (t pt) (h ph) (w pw) -> b (c pt ph pw) t h w", pt=self.pt, ph=self.p, pw=self.p)
+
+
+class CausalUnpatchify(nn.Module):
+    """Inverse of :class:`CausalPatchify`: depth to space-time, dropping the ``pt - 1``
+    padding frames at the start."""
+
+    def __init__(self, pt: int, p: int) -> None:
+        super().__init__()
+        self.pt, self.p = pt, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x, "b (c pt ph pw) t h w -> b c (t pt) (h ph) (w pw)", pt=self.pt, ph=self.p, pw=self.p)
+        return x[:, :, self.pt - 1:]
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
@@ -56,10 +95,10 @@ class ResBlock(nn.Module):
     (channels, T, H, W) of one sample, which mixes time; we normalise each frame on its own
     so the block stays causal."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, factorised: bool = True) -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = _norm(cout), CausalConv3d(cout, cout)
+        self.norm1, self.conv1 = _norm(cin), causal_conv(cin, cout, factorised=factorised)
+        self.norm2, self.conv2 = _norm(cout), causal_conv(cout, cout, factorised=factorised)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     @staticmethod
@@ -75,20 +114,23 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, in_channels: int, channels: Sequence[int], temporal_down: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, channels: Sequence[int], temporal_down: int, out_channels: int,
+                 stem: Sequence[int] = (1, 1), factorised: bool = True) -> None:
         super().__init__()
-        self.conv_in = CausalConv3d(in_channels, channels[0])
+        pt, p = stem
+        self.stem = CausalPatchify(pt, p)
+        self.conv_in = CausalConv3d(in_channels * pt * p * p, channels[0], (1, 1, 1))
         layers = []
         for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
             t_stride = 2 if i < temporal_down else 1
-            layers += [ResBlock(cin, cin), CausalConv3d(cin, cout, 3, stride=(t_stride, 2, 2))]
+            layers += [ResBlock(cin, cin, factorised), causal_conv(cin, cout, (t_stride, 2, 2), factorised)]
         self.down = nn.Sequential(*layers)
-        self.mid = ResBlock(channels[-1], channels[-1])
+        self.mid = ResBlock(channels[-1], channels[-1], factorised)
         self.norm_out = _norm(channels[-1])
-        self.conv_out = CausalConv3d(channels[-1], out_channels)
+        self.conv_out = CausalConv3d(channels[-1], out_channels, (1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.down(self.conv_in(x)))
+        h = self.mid(self.down(self.conv_in(self.stem(x))))
         return self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h)))
 
 
@@ -96,10 +138,10 @@ class Upsample(nn.Module):
     """Nearest 2x upsampling in space, and in time the causal way: latent frame 0 gives one
     frame, every later latent frame two (``T' -> 1 + 2 (T' - 1)``)."""
 
-    def __init__(self, channels: int, cout: int, time: bool) -> None:
+    def __init__(self, channels: int, cout: int, time: bool, factorised: bool = True) -> None:
         super().__init__()
         self.time = time
-        self.conv = CausalConv3d(channels, cout)
+        self.conv = causal_conv(channels, cout, factorised=factorised)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
@@ -109,24 +151,28 @@ class Upsample(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, out_channels: int, channels: Sequence[int], temporal_down: int, z_channels: int) -> None:
+    def __init__(self, out_channels: int, channels: Sequence[int], temporal_down: int, z_channels: int,
+                 stem: Sequence[int] = (1, 1), factorised: bool = True) -> None:
         super().__init__()
         rev = list(channels)[::-1]
+        pt, p = stem
         self.conv_in = CausalConv3d(z_channels, rev[0])
-        self.mid = ResBlock(rev[0], rev[0])
+        self.mid = ResBlock(rev[0], rev[0], factorised)
         n = len(rev) - 1
         layers = []
         for i, (cin, cout) in enumerate(zip(rev[:-1], rev[1:])):
             # Temporal upsampling mirrors the encoder: its first `temporal_down` levels were
             # the ones that halved time, which are the decoder's last ones.
-            layers += [ResBlock(cin, cin), Upsample(cin, cout, time=(n - 1 - i) < temporal_down)]
+            layers += [ResBlock(cin, cin, factorised), Upsample(cin, cout, (n - 1 - i) < temporal_down, factorised)]
         self.up = nn.Sequential(*layers)
+        self.post = ResBlock(rev[-1], rev[-1], factorised)
         self.norm_out = _norm(rev[-1])
-        self.conv_out = CausalConv3d(rev[-1], out_channels)
+        self.conv_out = CausalConv3d(rev[-1], out_channels * pt * p * p, (1, 1, 1))
+        self.unstem = CausalUnpatchify(pt, p)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.up(self.mid(self.conv_in(z)))
-        return self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h)))
+        h = self.post(self.up(self.mid(self.conv_in(z))))
+        return self.unstem(self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h))))
 
 
 @dataclass
@@ -140,14 +186,18 @@ class VAEOutput:
 class VideoAutoencoder(nn.Module):
     """Causal video autoencoder with a KL, VQ or FSQ bottleneck.
 
-    ``channels`` are the widths of the resolution levels: ``len(channels) - 1`` spatial 2x
-    downsamplings, the first ``temporal_down`` of which also halve time. ``z_channels`` is
-    the latent width (for FSQ, ``len(fsq_levels)``).
+    ``stem = (pt, p)`` first folds ``pt x p x p`` blocks into channels (causally; free, and
+    it keeps convolutions off the full-resolution video). ``channels`` are the widths of
+    the resolution levels after it: ``len(channels) - 1`` spatial 2x downsamplings, the
+    first ``temporal_down`` of which also halve time. Total compression: time
+    ``pt * 2**temporal_down``, space ``p * 2**(len(channels) - 1)``. ``z_channels`` is the
+    latent width (for FSQ, ``len(fsq_levels)``). ``factorised`` uses (2+1)D convolutions.
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 64, 64), temporal_down: int = 2,
                  z_channels: int = 8, bottleneck: str = "kl", kl_weight: float = 1e-6, codebook_size: int = 512,
-                 vq_beta: float = 0.25, fsq_levels: Sequence[int] = (8, 5, 5, 5)) -> None:
+                 vq_beta: float = 0.25, fsq_levels: Sequence[int] = (8, 5, 5, 5), stem: Sequence[int] = (1, 1),
+                 factorised: bool = True) -> None:
         super().__init__()
         if bottleneck not in ("kl", "vq", "fsq"):
             raise ValueError(f"bottleneck must be 'kl', 'vq' or 'fsq', got {bottleneck!r}")
@@ -157,9 +207,11 @@ class VideoAutoencoder(nn.Module):
             z_channels = len(fsq_levels)
         self.bottleneck, self.kl_weight = bottleneck, kl_weight
         self.in_channels, self.z_channels = in_channels, z_channels
-        self.time_factor, self.space_factor = 2 ** temporal_down, 2 ** (len(channels) - 1)
-        self.encoder = Encoder(in_channels, channels, temporal_down, 2 * z_channels if bottleneck == "kl" else z_channels)
-        self.decoder = Decoder(in_channels, channels, temporal_down, z_channels)
+        stem = tuple(stem)
+        self.time_factor, self.space_factor = stem[0] * 2 ** temporal_down, stem[1] * 2 ** (len(channels) - 1)
+        out = 2 * z_channels if bottleneck == "kl" else z_channels
+        self.encoder = Encoder(in_channels, channels, temporal_down, out, stem, factorised)
+        self.decoder = Decoder(in_channels, channels, temporal_down, z_channels, stem, factorised)
         if bottleneck == "vq":
             self.quantizer = VectorQuantizer(codebook_size, z_channels, vq_beta)
         elif bottleneck == "fsq":
