@@ -216,6 +216,23 @@ class VideoAutoencoder(nn.Module):
             self.quantizer = VectorQuantizer(codebook_size, z_channels, vq_beta)
         elif bottleneck == "fsq":
             self.quantizer = FSQ(fsq_levels)
+        # Per-channel pixel statistics, set from data before training (see
+        # `AutoencoderModule.on_fit_start`). Mostly-dark toy videos have a mean near -0.8;
+        # without this the network spends hundreds of Adam steps just learning that offset.
+        self.register_buffer("pixel_mean", torch.zeros(in_channels))
+        self.register_buffer("pixel_std", torch.ones(in_channels))
+        # 1 / std of the latents, set after training (latent diffusion's scale factor).
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def set_pixel_stats(self, video: torch.Tensor) -> None:
+        """Standardise inputs (and de-standardise outputs) with this batch's per-channel stats."""
+        self.check_video(video)
+        dims = (0, 2, 3, 4)
+        self.pixel_mean.copy_(video.mean(dims))
+        self.pixel_std.copy_(video.std(dims).clamp_min(1e-3))
+
+    def _normalise(self, video: torch.Tensor) -> torch.Tensor:
+        return (video - self.pixel_mean[:, None, None, None]) / self.pixel_std[:, None, None, None]
 
     # --- shapes ---------------------------------------------------------------------------
 
@@ -239,7 +256,7 @@ class VideoAutoencoder(nn.Module):
 
     def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
         self.check_video(video)
-        return self.encoder(self._pad_time(video))
+        return self.encoder(self._pad_time(self._normalise(video)))
 
     def encode(self, video: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """``video (B, C, T, H, W)`` -> latents ``(B, z, T', H/s, W/s)``: the KL mean (or a
@@ -255,7 +272,7 @@ class VideoAutoencoder(nn.Module):
         ``frames`` when given (the clip length before end padding)."""
         if latents.ndim != 5 or latents.shape[1] != self.z_channels:
             raise ValueError(f"expected latents (B, {self.z_channels}, T, H, W), got shape {tuple(latents.shape)}")
-        video = self.decoder(latents)
+        video = self.decoder(latents) * self.pixel_std[:, None, None, None] + self.pixel_mean[:, None, None, None]
         return video[:, :, :frames] if frames is not None else video
 
     def forward(self, video: torch.Tensor) -> VAEOutput:

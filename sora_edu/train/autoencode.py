@@ -26,10 +26,16 @@ class AutoencoderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        if not hasattr(net, "scale_factor"):
-            net.register_buffer("scale_factor", torch.tensor(1.0))
         self.psnr = PeakSignalNoiseRatio(data_range=2.0)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
+
+    def on_fit_start(self) -> None:
+        # Standardise pixels with the statistics of a first training batch (a fresh run only:
+        # a resumed or cached model keeps the statistics it was trained with).
+        if self.trainer.global_step == 0 and torch.all(self.net.pixel_std == 1) and torch.all(self.net.pixel_mean == 0):
+            loader = self.trainer.datamodule.train_dataloader()
+            batch = self.trainer.datamodule.on_after_batch_transfer(next(iter(loader)), 0)
+            self.net.set_pixel_stats(batch["x"].to(self.device))
 
     def _loss(self, x: torch.Tensor):
         out = self.net(x)

@@ -1,0 +1,63 @@
+"""Train once, reuse everywhere: models cached by the hash of the config that made them.
+
+    vae = load_or_train_vae("vae_kl")               # trains on first use, loads afterwards
+    module = load_or_train("vit_digits", "--trainer.max_epochs=20")
+
+The key covers everything that changes the weights (model, data, seed, training length)
+and nothing that does not (logging, progress bars, checkpoint folders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from ..cache import cache_dir, config_hash, load_checkpoint, save_checkpoint
+from .cli import config_path, from_config
+
+QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
+
+
+def _key(cli) -> tuple[dict, str]:
+    cfg = cli.config.as_dict()
+    trainer = cfg.get("trainer", {})
+    weights_depend_on = {
+        "model": cfg.get("model"), "data": cfg.get("data"), "seed": cfg.get("seed_everything"),
+        "max_steps": trainer.get("max_steps"), "max_epochs": trainer.get("max_epochs"),
+        "precision": trainer.get("precision"), "callbacks": trainer.get("callbacks"),
+    }
+    return weights_depend_on, config_hash(weights_depend_on)
+
+
+def cached_path(config: str, *overrides: str) -> Path:
+    """Where the model a config (plus overrides) trains is, or would be, cached."""
+    cli = from_config(config, *QUIET, *overrides)
+    return cache_dir() / Path(config_path(config)).stem / _key(cli)[1]
+
+
+def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.LightningModule:
+    """The LightningModule a config trains: from the cache if present, else trained now and
+    cached (with the autoencoder's latent scale factor computed first, if it has one)."""
+    cli = from_config(config, *QUIET, *overrides)
+    resolved, key = _key(cli)
+    path = cache_dir() / Path(config_path(config)).stem / key
+    if (path / "model.safetensors").exists():
+        load_checkpoint(cli.model, path)
+        if verbose:
+            print(f"loaded {config} from the cache: {path}")
+        return cli.model.eval()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    extra = {}
+    if hasattr(cli.model, "compute_scale_factor"):
+        extra["scale_factor"] = cli.model.compute_scale_factor(cli.datamodule.val_dataloader())
+    extra["metrics"] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+    save_checkpoint(cli.model, resolved, path, extra)
+    if verbose:
+        print(f"trained {config} and cached it: {path}")
+    return cli.model.eval()
+
+
+def load_or_train_vae(config: str = "vae_kl", *overrides: str, verbose: bool = True):
+    """The video autoencoder (``VideoAutoencoder``, with ``scale_factor`` set) a config trains."""
+    return load_or_train(config, *overrides, verbose=verbose).net

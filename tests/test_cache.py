@@ -1,0 +1,73 @@
+"""Cached checkpoints: exact round trips, atomic files, clear errors, train-once semantics."""
+
+import json
+
+import pytest
+import torch
+
+from sora_edu.cache import config_hash, load_checkpoint, save_checkpoint
+from sora_edu.models.vae import VideoAutoencoder
+from sora_edu.train.cached import cached_path, load_or_train, load_or_train_vae
+
+TINY_VAE = ["--model.init_args.net.init_args.channels=[16, 16]", "--model.init_args.lr=0.005",
+            "--data.init_args.num_train=8", "--model.init_args.net.init_args.stem=[2, 4]",
+            "--model.init_args.net.init_args.temporal_down=1", "--model.init_args.net.init_args.z_channels=4",
+            "--data.init_args.frames=5", "--data.init_args.height=16", "--data.init_args.width=16",
+            "--data.init_args.batch_size=4", "--data.init_args.num_val=8", "--trainer.max_steps=80",
+            "--trainer.val_check_interval=80", "--trainer.enable_progress_bar=false"]
+
+
+def test_config_hash_ignores_key_order():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(channels=(8, 8), stem=(2, 4), temporal_down=1, z_channels=4).eval()
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    save_checkpoint(vae, {"name": "tiny"}, tmp_path / "ckpt")
+    other = VideoAutoencoder(channels=(8, 8), stem=(2, 4), temporal_down=1, z_channels=4).eval()
+    record = load_checkpoint(other, tmp_path / "ckpt")
+    assert record["config"] == {"name": "tiny"}
+    with torch.no_grad():
+        assert torch.equal(vae(video).reconstruction, other(video).reconstruction)
+    assert not list((tmp_path / "ckpt").glob(".*")), "no temp files left"
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
+    vae = VideoAutoencoder(channels=(8, 8), stem=(2, 4), temporal_down=1, z_channels=4)
+    save_checkpoint(vae, {}, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="cannot read the checkpoint.*delete it to retrain"):
+        load_checkpoint(vae, tmp_path)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))
+    module = load_or_train("vae_kl", *TINY_VAE)
+    assert "trained vae_kl" in capsys.readouterr().out
+    path = cached_path("vae_kl", *TINY_VAE)
+    record = json.loads((path / "config.json").read_text())
+    assert record["scale_factor"] == pytest.approx(module.net.scale_factor.item())
+    assert record["metrics"]["val/psnr"] > 0
+    vae = load_or_train_vae("vae_kl", *TINY_VAE)
+    assert "loaded vae_kl from the cache" in capsys.readouterr().out
+    for (k, a), (_, b) in zip(module.net.state_dict().items(), vae.state_dict().items()):
+        assert torch.equal(a, b), k
+    # a different config is a different cache entry
+    assert cached_path("vae_kl", *TINY_VAE, "--trainer.max_steps=81") != path
+
+
+def test_autoencoder_loss_falls():
+    """Measured (seed 0): 80 steps on 8 tiny videos take the L1 loss from 0.38 to ~0.26."""
+    from sora_edu.train.callbacks import History
+    from sora_edu.train.cli import from_config
+
+    cli = from_config("vae_kl", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                      "--trainer.enable_model_summary=false", *TINY_VAE)
+    history = History()
+    cli.trainer.callbacks.append(history)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    _, losses = history.series("train/loss")
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
