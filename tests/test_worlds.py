@@ -249,6 +249,7 @@ def test_alt_text_is_short_and_sometimes_wrong(many):
         (lambda: WorldConfig(shapes=("hexagon",)), "hexagon"),
         (lambda: render_prompt(colour="magenta"), "magenta"),
         (lambda: render_prompt(motion="sideways"), "sideways"),
+        (lambda: render_prompt(n_objects=0), "n_objects must be 1, 2 or 3, got 0"),
         (lambda: WorldConfig(p_pan=1.5), "1.5"),
         (lambda: WorldConfig(min_objects=2, max_objects=1), "min_objects=2"),
         (lambda: parse_caption("a purple cow"), "a purple cow"),

@@ -340,6 +340,8 @@ def sample_scene(
                        ("motion", MOTIONS), ("background", tuple(BACKGROUNDS))):
         if key in fixed and fixed[key] not in vocab:
             raise ValueError(f"unknown {key} {fixed[key]!r}; known: {', '.join(vocab)}")
+    if "n_objects" in fixed and fixed["n_objects"] not in (1, 2, 3):
+        raise ValueError(f"n_objects must be 1, 2 or 3, got {fixed['n_objects']!r}")
     n = fixed.get("n_objects") or int(rng.integers(config.min_objects, config.max_objects + 1))
     background = fixed.get("background") or str(rng.choice(config.backgrounds))
     pan = fixed["pan"] if "pan" in fixed else (str(rng.choice(PANS)) if rng.random() < config.p_pan else None)
@@ -635,11 +637,6 @@ class ShapesWorld(Dataset):
         s = self.sample(i)
         return {"video": s.video, "caption": s.caption, "alt_text": s.alt_text, "index": s.index,
                 "labels": self.labels(s.scene)}
-
-    def with_size(self, frames: int | None = None, height: int | None = None, width: int | None = None):
-        """The same world (same seed, config and fixed attributes) at another video size."""
-        return ShapesWorld(self.size, frames or self.frames, height or self.height, width or self.width,
-                           self.seed, self.config, **self.fixed)
 
 
 def render_prompt(frames: int = 16, height: int = 64, width: int = 64, seed: int = 0,
