@@ -8,7 +8,7 @@ from sora_edu.models.vae import CausalConv3d, VideoAutoencoder
 
 TINY = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4)
 # Same 4x4x4 compression reached another way: a causal 2x2x2 patchify stem, one conv level.
-STEM = dict(channels=(16, 16), temporal_down=1, z_channels=4, stem=(2, 2))
+STEM = dict(channels=(16, 16), temporal_down=1, z_channels=4, stem=(2, 2), refine=4)
 DENSE = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4, factorised=False)
 
 

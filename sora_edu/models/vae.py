@@ -152,7 +152,7 @@ class Upsample(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, out_channels: int, channels: Sequence[int], temporal_down: int, z_channels: int,
-                 stem: Sequence[int] = (1, 1), factorised: bool = True) -> None:
+                 stem: Sequence[int] = (1, 1), factorised: bool = True, refine: int = 0) -> None:
         super().__init__()
         rev = list(channels)[::-1]
         pt, p = stem
@@ -169,10 +169,15 @@ class Decoder(nn.Module):
         self.norm_out = _norm(rev[-1])
         self.conv_out = CausalConv3d(rev[-1], out_channels * pt * p * p, (1, 1, 1))
         self.unstem = CausalUnpatchify(pt, p)
+        # A stem's output is a linear function of one feature vector per block, which shows
+        # as block seams; a small residual 3x3 pass at full resolution smooths them.
+        self.refine = nn.Sequential(CausalConv3d(out_channels, refine, (1, 3, 3)), nn.SiLU(),
+                                    CausalConv3d(refine, out_channels, (1, 3, 3))) if refine else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.post(self.up(self.mid(self.conv_in(z))))
-        return self.unstem(self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h))))
+        video = self.unstem(self.conv_out(F.silu(ResBlock._frame_norm(self.norm_out, h))))
+        return video + self.refine(video) if self.refine is not None else video
 
 
 @dataclass
@@ -191,13 +196,14 @@ class VideoAutoencoder(nn.Module):
     the resolution levels after it: ``len(channels) - 1`` spatial 2x downsamplings, the
     first ``temporal_down`` of which also halve time. Total compression: time
     ``pt * 2**temporal_down``, space ``p * 2**(len(channels) - 1)``. ``z_channels`` is the
-    latent width (for FSQ, ``len(fsq_levels)``). ``factorised`` uses (2+1)D convolutions.
+    latent width (for FSQ, ``len(fsq_levels)``). ``factorised`` uses (2+1)D convolutions;
+    ``refine > 0`` adds a residual full-resolution 3x3 pass with that many channels.
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 64, 64), temporal_down: int = 2,
                  z_channels: int = 8, bottleneck: str = "kl", kl_weight: float = 1e-6, codebook_size: int = 512,
                  vq_beta: float = 0.25, fsq_levels: Sequence[int] = (8, 5, 5, 5), stem: Sequence[int] = (1, 1),
-                 factorised: bool = True) -> None:
+                 factorised: bool = True, refine: int = 0) -> None:
         super().__init__()
         if bottleneck not in ("kl", "vq", "fsq"):
             raise ValueError(f"bottleneck must be 'kl', 'vq' or 'fsq', got {bottleneck!r}")
@@ -211,7 +217,7 @@ class VideoAutoencoder(nn.Module):
         self.time_factor, self.space_factor = stem[0] * 2 ** temporal_down, stem[1] * 2 ** (len(channels) - 1)
         out = 2 * z_channels if bottleneck == "kl" else z_channels
         self.encoder = Encoder(in_channels, channels, temporal_down, out, stem, factorised)
-        self.decoder = Decoder(in_channels, channels, temporal_down, z_channels, stem, factorised)
+        self.decoder = Decoder(in_channels, channels, temporal_down, z_channels, stem, factorised, refine)
         if bottleneck == "vq":
             self.quantizer = VectorQuantizer(codebook_size, z_channels, vq_beta)
         elif bottleneck == "fsq":
