@@ -31,7 +31,8 @@ class AutoencoderModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         # Standardise pixels with the statistics of a first training batch (a fresh run only:
         # a resumed or cached model keeps the statistics it was trained with).
-        if self.trainer.global_step == 0 and torch.all(self.net.pixel_std == 1) and torch.all(self.net.pixel_mean == 0):
+        fresh = torch.all(self.net.pixel_std == 1) and torch.all(self.net.pixel_mean == 0)
+        if self.trainer.global_step == 0 and fresh and self.trainer.datamodule is not None:
             loader = self.trainer.datamodule.train_dataloader()
             batch = self.trainer.datamodule.on_after_batch_transfer(next(iter(loader)), 0)
             self.net.set_pixel_stats(batch["x"].to(self.device))
