@@ -238,7 +238,8 @@ class Scene:
         moving = self.frames > 1 and self.objects[0].motion != "still"
         text = f"{first} {'across' if moving else 'on'} {_article(self.background)} {self.background} background"
         if others:
-            text += (" while " if self.frames > 1 else " with ") + (others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1])
+            listed = others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1]
+            text += (" while " if self.frames > 1 else " with ") + listed
         if self.has_wall and not any(o.passes_behind_wall for o in self.objects):
             text += ", with a wall in the scene"
         if self.pan is not None and self.frames > 1:
@@ -605,13 +606,17 @@ class ShapesWorld(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    def _draw(self, rng: np.random.Generator) -> Scene:
+        return sample_scene(rng, self.config, self.frames, self.height, self.width, **self.fixed)
+
     def scene(self, i: int) -> tuple[Scene, np.random.Generator]:
         _, rng = sample_rng(self.seed, i, self.size)
-        return sample_scene(rng, self.config, self.frames, self.height, self.width, **self.fixed), rng
+        return self._draw(rng), rng
 
     def samples(self, indices: Sequence[int]) -> list[WorldSample]:
-        indices = [sample_rng(self.seed, int(i), self.size)[0] for i in indices]
-        drawn = [self.scene(i) for i in indices]
+        seeded = [sample_rng(self.seed, int(i), self.size) for i in indices]
+        indices = [i for i, _ in seeded]
+        drawn = [(self._draw(rng), rng) for _, rng in seeded]
         # Small chunks keep the working set in cache: ~2x faster than one big batch.
         videos = torch.cat([render([s for s, _ in drawn[j:j + 8]]) for j in range(0, len(drawn), 8)])
         return [

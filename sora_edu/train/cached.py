@@ -30,10 +30,13 @@ def _key(cli) -> tuple[dict, str]:
     return weights_depend_on, config_hash(weights_depend_on)
 
 
+def _path(config: str, key: str) -> Path:
+    return cache_dir() / Path(config_path(config)).stem / key
+
+
 def cached_path(config: str, *overrides: str) -> Path:
     """Where the model a config (plus overrides) trains is, or would be, cached."""
-    cli = from_config(config, *QUIET, *overrides)
-    return cache_dir() / Path(config_path(config)).stem / _key(cli)[1]
+    return _path(config, _key(from_config(config, *QUIET, *overrides))[1])
 
 
 def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.LightningModule:
@@ -41,7 +44,7 @@ def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.Ligh
     cached (with the autoencoder's latent scale factor computed first, if it has one)."""
     cli = from_config(config, *QUIET, *overrides)
     resolved, key = _key(cli)
-    path = cache_dir() / Path(config_path(config)).stem / key
+    path = _path(config, key)
     if (path / "model.safetensors").exists():
         load_checkpoint(cli.model, path)
         if verbose:

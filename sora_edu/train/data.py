@@ -66,10 +66,6 @@ class ClassifyDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return {"digits": 10, "motion": len(MOTIONS), "shape": len(SHAPES)}[self.task]
 
-    @property
-    def class_names(self) -> list[str]:
-        return {"digits": [str(i) for i in range(10)], "motion": list(MOTIONS), "shape": list(SHAPES)}[self.task]
-
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
