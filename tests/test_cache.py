@@ -14,6 +14,7 @@ TINY_VAE = ["--model.init_args.net.init_args.channels=[16, 16]", "--model.init_a
             "--model.init_args.net.init_args.temporal_down=1", "--model.init_args.net.init_args.z_channels=4",
             "--data.init_args.frames=5", "--data.init_args.height=16", "--data.init_args.width=16",
             "--data.init_args.batch_size=4", "--data.init_args.num_val=8", "--trainer.max_steps=80",
+            "--data.init_args.train_crop=null",
             "--trainer.val_check_interval=80", "--trainer.enable_progress_bar=false"]
 
 
@@ -51,8 +52,10 @@ def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch, capsys):
     record = json.loads((path / "config.json").read_text())
     assert record["scale_factor"] == pytest.approx(module.net.scale_factor.item())
     assert record["metrics"]["val/psnr"] > 0
+    assert record["train_seconds"] > 0 and record["history"][-1]["step"] == module.trainer.global_step
     vae = load_or_train_vae("vae_kl", *TINY_VAE)
     assert "loaded vae_kl from the cache" in capsys.readouterr().out
+    assert vae.record["history"] == module.record["history"] and vae.record["metrics"] == module.record["metrics"]
     for (k, a), (_, b) in zip(module.net.state_dict().items(), vae.state_dict().items()):
         assert torch.equal(a, b), k
     # a different config is a different cache entry

@@ -11,7 +11,8 @@ import torch
 from sora_edu.cli import main as sora_main
 from sora_edu.train.callbacks import EMA, History
 from sora_edu.train.cli import config_path, from_config
-from sora_edu.train.data import ClassifyDataModule, MixedSizeDataModule, random_affine, render_task
+from sora_edu.train.data import (ClassifyDataModule, MixedSizeDataModule, WorldVideoDataModule, random_affine,
+                                 render_task)
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
          "--trainer.enable_model_summary=false"]
@@ -41,6 +42,28 @@ def test_classify_datamodule_batches():
     assert dm.num_classes == 10
     with pytest.raises(ValueError, match="juggling"):
         ClassifyDataModule(task="juggling")
+
+
+def test_world_video_crops_train_batches_only():
+    dm = WorldVideoDataModule(num_train=8, num_val=4, frames=9, height=32, width=32, batch_size=4,
+                              train_crop=(5, 16, 16))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+
+    class Stage:  # what the data module reads from its trainer
+        training = True
+
+    dm.trainer = Stage()
+    crop = dm.on_after_batch_transfer(batch, 0)["x"]
+    assert crop.shape == (4, 3, 5, 16, 16)
+    # the crop is a window of the rendered video, not a resize
+    windows = batch["video"].unfold(2, 5, 1).unfold(3, 16, 1).unfold(4, 16, 1)  # (B, C, t, h, w, 5, 16, 16)
+    match = (windows == crop[:, :, None, None, None]).flatten(5).all(-1).all(1).all(0)
+    assert match.any()
+    Stage.training = False
+    assert dm.on_after_batch_transfer(batch, 0)["x"].shape == (4, 3, 9, 32, 32)
+    with pytest.raises(ValueError, match=r"train_crop must be \(t, h, w\) within \(9, 32, 32\)"):
+        WorldVideoDataModule(frames=9, height=32, width=32, train_crop=(5, 64, 16))
 
 
 def test_random_affine_keeps_shape_and_identity_at_zero():
@@ -122,3 +145,11 @@ def test_cli_fit_runs_from_the_command_line(tmp_path):
     metrics = list(tmp_path.glob("vit_digits/version_*/metrics.csv"))
     assert metrics and "val/acc" in metrics[0].read_text()
     assert list(tmp_path.glob("**/*.ckpt")), "a checkpoint is written"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in config_path("vit_digits").parent.glob("*.yaml")))
+def test_every_packaged_config_builds(name):
+    """Each YAML in sora_edu/configs parses and instantiates its model, data and trainer."""
+    cli = from_config(name, *QUIET)
+    assert isinstance(cli.model, torch.nn.Module) and cli.datamodule is not None
+    assert sum(p.numel() for p in cli.model.parameters()) > 0

@@ -10,6 +10,8 @@ TINY = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4)
 # Same 4x4x4 compression reached another way: a causal 2x2x2 patchify stem, one conv level.
 STEM = dict(channels=(16, 16), temporal_down=1, z_channels=4, stem=(2, 2), refine=4)
 DENSE = dict(channels=(8, 16, 16), temporal_down=2, z_channels=4, factorised=False)
+GROUP = dict(TINY, norm="group")  # latent diffusion's per-frame GroupNorm
+NONORM = dict(STEM, norm="none")
 
 
 @pytest.mark.parametrize("arch", [TINY, STEM, DENSE], ids=["levels", "stem", "dense3d"])
@@ -26,7 +28,7 @@ def test_encode_decode_shapes(arch, bottleneck, frames):
     assert vae.decode(z, frames).shape == video.shape
 
 
-@pytest.mark.parametrize("arch", [TINY, STEM, DENSE], ids=["levels", "stem", "dense3d"])
+@pytest.mark.parametrize("arch", [TINY, STEM, DENSE, GROUP, NONORM], ids=["levels", "stem", "dense3d", "group", "nonorm"])
 def test_causal_future_frames_do_not_change_the_past(arch):
     torch.manual_seed(0)
     vae = VideoAutoencoder(**arch).eval()
@@ -49,6 +51,19 @@ def test_first_frame_is_encoded_alone_so_an_image_is_a_video(arch):
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(vae.encode(video[:, :, :1]), vae.encode(video)[:, :, :1])
+
+
+def test_norm_choices_and_errors():
+    from sora_edu.models.vae import Norm
+
+    x = torch.randn(2, 8, 3, 4, 4) * 5 + 3
+    y = Norm(8, "channel")(x)
+    torch.testing.assert_close(y.mean(1), torch.zeros(2, 3, 4, 4), atol=1e-5, rtol=0)  # per position, over channels
+    g = Norm(8, "group")(x)
+    torch.testing.assert_close(g.mean((1, 3, 4)), torch.zeros(2, 3), atol=1e-5, rtol=0)  # per frame
+    assert torch.equal(Norm(8, "none")(x), x)
+    with pytest.raises(ValueError, match="norm must be 'channel', 'group' or 'none'"):
+        VideoAutoencoder(norm="batch")
 
 
 def test_causal_conv_pads_only_the_past():

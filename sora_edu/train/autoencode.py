@@ -13,10 +13,26 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..models.vae import VideoAutoencoder
 from .optim import warmup_cosine
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T, H, W) -> (B*T, C, H, W)``: metrics for images, applied to every frame."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(net: VideoAutoencoder, videos: torch.Tensor, batch_size: int = 8) -> dict[str, float]:
+    """PSNR (dB) and SSIM of ``net``'s reconstructions of ``videos (N, C, T, H, W)`` in [-1, 1],
+    over all frames together (PSNR from the mean squared error of the whole set)."""
+    net.eval()
+    recs = torch.cat([net(v).reconstruction.clamp(-1, 1) for v in videos.split(batch_size)])
+    return {"psnr": float(peak_signal_noise_ratio(_frames(recs), _frames(videos), data_range=2.0)),
+            "ssim": float(structural_similarity_index_measure(_frames(recs), _frames(videos), data_range=2.0))}
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -56,9 +72,8 @@ class AutoencoderModule(pl.LightningModule):
         loss, out = self._loss(x)
         rec = out.reconstruction.clamp(-1, 1)
         self.log("val/loss", loss)
-        frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731  (B, C, T, H, W) -> (B*T, C, H, W)
-        self.psnr(frames(rec), frames(x))
-        self.ssim(frames(rec), frames(x))
+        self.psnr(_frames(rec), _frames(x))
+        self.ssim(_frames(rec), _frames(x))
         self.log("val/psnr", self.psnr, prog_bar=True)
         self.log("val/ssim", self.ssim)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import time
+
 import lightning.pytorch as pl
 
 from ..cache import cache_dir, config_hash, load_checkpoint, save_checkpoint
+from .callbacks import History
 from .cli import config_path, from_config
 
 QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
@@ -27,6 +30,11 @@ def _key(cli) -> tuple[dict, str]:
         "max_steps": trainer.get("max_steps"), "max_epochs": trainer.get("max_epochs"),
         "precision": trainer.get("precision"), "callbacks": trainer.get("callbacks"),
     }
+    # A latent model depends on the autoencoder it was trained on: key it by that one's key.
+    vae = (cfg.get("model") or {}).get("init_args", {}).get("vae")
+    if vae:
+        overrides = cfg["model"]["init_args"].get("vae_overrides") or []
+        weights_depend_on["vae_key"] = _key(from_config(vae, *QUIET, *overrides))[1]
     return weights_depend_on, config_hash(weights_depend_on)
 
 
@@ -41,26 +49,39 @@ def cached_path(config: str, *overrides: str) -> Path:
 
 def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.LightningModule:
     """The LightningModule a config trains: from the cache if present, else trained now and
-    cached (with the autoencoder's latent scale factor computed first, if it has one)."""
+    cached (with the autoencoder's latent scale factor computed first, if it has one).
+
+    The module comes back with ``record``: the final ``metrics``, the training ``history``
+    (rows of logged scalars with step and seconds, as :class:`History` keeps them) and
+    ``train_seconds``, the same whether it was just trained or loaded.
+    """
     cli = from_config(config, *QUIET, *overrides)
     resolved, key = _key(cli)
     path = _path(config, key)
     if (path / "model.safetensors").exists():
-        load_checkpoint(cli.model, path)
+        cli.model.record = load_checkpoint(cli.model, path)
         if verbose:
             print(f"loaded {config} from the cache: {path}")
         return cli.model.eval()
+    history = History()
+    cli.trainer.callbacks.append(history)
+    start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
-    extra = {}
+    extra = {"train_seconds": time.perf_counter() - start}
     if hasattr(cli.model, "compute_scale_factor"):
         extra["scale_factor"] = cli.model.compute_scale_factor(cli.datamodule.val_dataloader())
     extra["metrics"] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+    extra["history"] = history.rows
     save_checkpoint(cli.model, resolved, path, extra)
+    cli.model.record = {"config": resolved, **extra}
     if verbose:
-        print(f"trained {config} and cached it: {path}")
+        print(f"trained {config} in {extra['train_seconds']:.0f} s and cached it: {path}")
     return cli.model.eval()
 
 
 def load_or_train_vae(config: str = "vae_kl", *overrides: str, verbose: bool = True):
-    """The video autoencoder (``VideoAutoencoder``, with ``scale_factor`` set) a config trains."""
-    return load_or_train(config, *overrides, verbose=verbose).net
+    """The video autoencoder (``VideoAutoencoder``, with ``scale_factor`` set) a config
+    trains; its cache record is on ``.record``."""
+    module = load_or_train(config, *overrides, verbose=verbose)
+    module.net.record = module.record
+    return module.net

@@ -9,7 +9,9 @@ import lightning.pytorch as pl
 
 class History(pl.Callback):
     """Keeps every logged scalar in memory, with the step and wall time, for plotting:
-    ``history.series("train/loss") -> (steps, values)``."""
+    ``history.series("train/loss") -> (steps, values)``. Rows recorded at the end of a
+    validation run carry ``"validation": True`` (other rows repeat the last validation
+    metrics, as Lightning's ``callback_metrics`` do)."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -18,9 +20,11 @@ class History(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
-    def _record(self, trainer) -> None:
+    def _record(self, trainer, validation: bool = False) -> None:
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         row["step"] = trainer.global_step
+        if validation:
+            row["validation"] = True
         row["seconds"] = time.perf_counter() - (self._start or time.perf_counter())
         self.rows.append(row)
 
@@ -30,7 +34,10 @@ class History(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._record(trainer)
+            self._record(trainer, validation=True)
+
+    def validation_rows(self) -> list[dict]:
+        return [r for r in self.rows if r.get("validation")]
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.rows if key in r]

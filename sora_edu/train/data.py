@@ -190,13 +190,23 @@ class WorldVideoDataModule(pl.LightningDataModule):
 
     Rendered on the fly (the world renders ~600 videos/s at 16x64x64), so training never
     sees the same video twice; validation is a fixed seeded set.
+
+    ``train_crop = (t, h, w)`` trains on random spacetime crops of the rendered videos
+    (validation stays whole). A convolutional autoencoder does not care about the size
+    it sees, and a 9x32x32 crop costs 1/7 of a 17x64x64 clip, so the same minutes buy
+    7x the gradient steps.
     """
 
     def __init__(self, num_train: int = 100_000, num_val: int = 64, frames: int = 17, height: int = 64,
                  width: int = 64, batch_size: int = 16, max_objects: int = 3, p_occluder: float = 0.2,
-                 p_pan: float = 0.2, seed: int = 0, num_workers: int = 0) -> None:
+                 p_pan: float = 0.2, seed: int = 0, num_workers: int = 0,
+                 train_crop: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if train_crop is not None:
+            if len(train_crop) != 3 or any(c < 1 or c > s for c, s in zip(train_crop, (frames, height, width))):
+                raise ValueError(f"train_crop must be (t, h, w) within ({frames}, {height}, {width}), got {train_crop}")
+        self._crop_rng = torch.Generator().manual_seed(seed + 1)
 
     def _world(self, n: int, seed: int) -> ShapesWorld:
         hp = self.hparams
@@ -216,4 +226,11 @@ class WorldVideoDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        return {"x": batch["video"]}
+        video = batch["video"]
+        crop = self.hparams.train_crop
+        if crop is not None and self.trainer is not None and self.trainer.training:
+            # One random spacetime window per batch.
+            starts = [int(torch.randint(0, s - c + 1, (), generator=self._crop_rng)) for c, s in zip(crop, video.shape[2:])]
+            (t0, h0, w0), (t, h, w) = starts, crop
+            video = video[:, :, t0:t0 + t, h0:h0 + h, w0:w0 + w]
+        return {"x": video}

@@ -1,0 +1,117 @@
+"""The forward process and the training objectives, behind one interface.
+
+Two families share it:
+
+* **DDPM-style** (``objective`` = ``"eps"``, ``"x0"`` or ``"v"``): integer steps ``t`` in
+  ``[0, T)``, ``x_t = sqrt(a) x0 + sqrt(1 - a) eps`` with ``a = alpha_bar[t]`` (DDPM,
+  arXiv 2006.11239). The network predicts the noise ``eps`` (DDPM), the clean ``x0``, or
+  the velocity ``v = sqrt(a) eps - sqrt(1 - a) x0`` (progressive distillation, Salimans &
+  Ho, arXiv 2202.00512), which stays well scaled at both ends of the schedule.
+* **Rectified flow / flow matching** (``objective = "flow"``): continuous ``t`` in
+  ``[0, 1]``, the straight line ``x_t = (1 - t) x0 + t eps``, and the network predicts its
+  velocity ``eps - x0`` (Liu et al., arXiv 2209.03003; Lipman et al., arXiv 2210.02747).
+
+Whatever it predicts, :meth:`Diffusion.predict` turns the output back into an estimate of
+``(x0, eps)``; the samplers only ever use that. The network sees time as a float in
+``[0, T)`` (flow times are scaled by ``T``), so one timestep embedding serves both.
+Layouts: any ``x (B, ...)``; ``t (B,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule
+
+OBJECTIVES = ("eps", "x0", "v", "flow")
+Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like)
+
+
+class Diffusion:
+    def __init__(self, objective: str = "eps", schedule: str = "cosine", steps: int = 1000) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective, self.steps = objective, steps
+        self.schedule = NoiseSchedule(schedule, steps)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.objective == "flow"
+
+    # --- time -----------------------------------------------------------------------------
+
+    def check_t(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if self.is_flow:
+            if not t.dtype.is_floating_point or t.min() < 0 or t.max() > 1:
+                raise ValueError(f"flow times must be floats in [0, 1], got {t.tolist() if t.numel() < 9 else t}")
+            return t
+        return self.schedule.check(t)
+
+    def sample_t(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times: uniform steps, or uniform flow times."""
+        if self.is_flow:
+            return torch.rand(batch, generator=generator, device=device)
+        return torch.randint(0, self.steps, (batch,), generator=generator, device=device)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network is given: a float in ``[0, T)`` for both families."""
+        return t.float() * self.steps if self.is_flow else t.float()
+
+    def _coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(signal, noise)`` coefficients of ``x_t = signal x0 + noise eps``."""
+        if self.is_flow:
+            tt = _bcast(self.check_t(t), like)
+            return 1 - tt, tt
+        a = self.schedule.at(t, like)
+        return a.sqrt(), (1 - a).sqrt()
+
+    # --- forward process and targets -----------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise ``x0`` to time ``t``: a draw from ``q(x_t | x0)``."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise {tuple(noise.shape)} must have the shape of x0 {tuple(x0.shape)}")
+        if torch.as_tensor(t).shape != (x0.shape[0],):
+            raise ValueError(f"expected one time per example, t of shape ({x0.shape[0]},), got {tuple(torch.as_tensor(t).shape)}")
+        s, n = self._coefs(t, x0)
+        return s * x0 + n * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output at ``(x_t, t)``."""
+        if self.objective == "eps":
+            return noise
+        if self.objective == "x0":
+            return x0
+        if self.objective == "flow":
+            return noise - x0
+        s, n = self._coefs(t, x0)
+        return s * noise - n * x0
+
+    def predict(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's output at ``(x_t, t)`` -> its estimates ``(x0, eps)``."""
+        s, n = self._coefs(t, x_t)
+        if self.objective == "eps":
+            return (x_t - n * out) / s, out
+        if self.objective == "x0":
+            return out, (x_t - s * out) / n.clamp_min(1e-8)
+        if self.objective == "v":
+            return s * x_t - n * out, n * x_t + s * out
+        return x_t - n * out, x_t + s * out  # flow: x0 = x_t - t v, eps = x_t + (1 - t) v
+
+    def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error between the network's output and the objective's target at a
+        random time and noise."""
+        t = self.sample_t(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device) if generator is not None else torch.randn_like(x0)
+        out = model(self.q_sample(x0, t, noise), self.model_time(t), cond)
+        if out.shape != x0.shape:
+            raise ValueError(f"the model returned {tuple(out.shape)} for inputs of shape {tuple(x0.shape)}")
+        return F.mse_loss(out, self.target(x0, noise, t))

@@ -1,0 +1,160 @@
+"""A LightningModule for diffusion training, in pixel or latent space (notebook 05).
+
+The network is any ``net(x, t, cond)`` (the U-Net here, the DiT later); the objective,
+schedule and condition dropout come from the config. With ``vae`` set (a cached
+autoencoder config, e.g. ``"vae_kl"``) the module works in that autoencoder's latent
+space: it expects latents already scaled by the VAE's ``scale_factor`` (the
+:class:`LatentVideoDataModule` makes them) and :meth:`generate` decodes its samples to
+videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callback.
+
+Batches: ``{"x": (B, C, ...) data or scaled latents, "y": (B,) labels}``.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..diffusion import Diffusion, sample
+from .data import render_task, from_uint8
+from .optim import warmup_cosine
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(self, net: nn.Module, objective: str = "eps", schedule: str = "cosine", timesteps: int = 1000,
+                 num_classes: int | None = 10, cond_drop: float = 0.1, lr: float = 2e-3, weight_decay: float = 0.0,
+                 warmup_steps: int = 100, vae: str | None = None, vae_overrides: list[str] | None = None,
+                 clip: float | None = 1.0) -> None:
+        super().__init__()
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.diffusion = Diffusion(objective, schedule, timesteps)
+        self._vae = None  # not a submodule: the checkpoint holds the denoiser only
+
+    # --- conditions ---------------------------------------------------------------------
+
+    def null(self, batch: int) -> torch.Tensor | None:
+        """The null condition: the extra label ``num_classes``."""
+        n = self.hparams.num_classes
+        return None if n is None else torch.full((batch,), n, dtype=torch.long, device=self.device)
+
+    def drop(self, y: torch.Tensor) -> torch.Tensor:
+        """Replace a ``cond_drop`` fraction of labels by the null label (for CFG)."""
+        if self.hparams.num_classes is None or self.hparams.cond_drop == 0:
+            return y
+        keep = torch.rand(y.shape, device=y.device) >= self.hparams.cond_drop
+        return torch.where(keep, y, self.null(len(y)))
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        data_vae = getattr(getattr(dm, "hparams", None), "get", lambda k: None)("vae")
+        mine = (self.hparams.vae, list(self.hparams.vae_overrides or []))
+        if data_vae is not None and (data_vae, list(dm.hparams.get("vae_overrides") or [])) != mine:
+            raise ValueError(f"the data were encoded by {data_vae!r} {dm.hparams.get('vae_overrides') or []} but the "
+                             f"model decodes with {mine[0]!r} {mine[1]}: set model.init_args.vae to match")
+
+    # --- training -----------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        y = self.drop(batch["y"]) if self.hparams.num_classes else None
+        loss = self.diffusion.loss(self.net, batch["x"], y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # Fixed times and noise, so the validation loss is comparable across steps.
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        y = batch["y"] if self.hparams.num_classes else None
+        self.log("val/loss", self.diffusion.loss(self.net, batch["x"], y, generator=g), prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)}
+
+    # --- sampling -----------------------------------------------------------------------
+
+    @property
+    def vae(self):
+        if self.hparams.vae is None:
+            return None
+        if self._vae is None:
+            from .cached import load_or_train_vae
+
+            self._vae = load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []), verbose=False).eval()
+        return self._vae
+
+    @torch.no_grad()
+    def sample(self, shape: tuple[int, ...], labels: torch.Tensor | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
+        """Samples in the model's own space (pixels or scaled latents). ``kwargs`` go to
+        :func:`sora_edu.diffusion.sample` (sampler, steps, eta, guidance, chain)."""
+        was_training = self.training
+        self.eval()
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        labels = labels.to(self.device) if labels is not None else None
+        kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
+        kwargs.setdefault("clip", self.hparams.clip)
+        null = self.null(shape[0]) if labels is not None else None
+        out = sample(self.diffusion, self.net, shape, labels, null_cond=null, generator=g, device=self.device, **kwargs)
+        self.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def generate(self, shape: tuple[int, ...], labels: torch.Tensor | None = None, frames: int | None = None,
+                 seed: int = 0, **kwargs) -> torch.Tensor:
+        """Samples as data: pixels as they are, latents decoded by the VAE (to ``frames``)."""
+        x = self.sample(shape, labels, seed, **kwargs)
+        if self.vae is None:
+            return x.clamp(-1, 1)
+        return self.vae.decode(x / self.vae.scale_factor, frames).clamp(-1, 1)
+
+
+class LatentVideoDataModule(pl.LightningDataModule):
+    """Labelled one-object Shapes-world videos (``task="motion"`` or ``"shape"``), encoded
+    once by a cached autoencoder and scaled by its ``scale_factor``: batches ``{"x": (B, z,
+    T', H', W') latents, "y": (B,) labels}``. Encoding happens in ``setup`` (seconds), so
+    every training step is a step of the denoiser alone."""
+
+    def __init__(self, vae: str = "vae_kl", vae_overrides: list[str] | None = None, task: str = "motion",
+                 num_train: int = 3000, num_val: int = 300, frames: int = 17, height: int = 64, width: int = 64,
+                 batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    @property
+    def num_classes(self) -> int:
+        from ..data.worlds import MOTIONS, SHAPES
+
+        return len(MOTIONS) if self.hparams.task == "motion" else len(SHAPES)
+
+    @torch.no_grad()
+    def _encode(self, n: int, seed: int) -> TensorDataset:
+        hp = self.hparams
+        videos, labels = render_task(hp.task, n, seed, hp.frames, hp.height, hp.width)
+        latents = torch.cat([self.vae.encode(from_uint8(v)) for v in videos.split(64)]) * self.vae.scale_factor
+        return TensorDataset(latents, labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        from .cached import load_or_train_vae
+
+        hp = self.hparams
+        self.vae = load_or_train_vae(hp.vae, *(hp.vae_overrides or []), verbose=False).eval()
+        self.train_set = self._encode(hp.num_train, hp.seed)
+        self.val_set = self._encode(hp.num_val, hp.seed + 10_000)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=g)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return {"x": x, "y": y}
