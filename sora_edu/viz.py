@@ -92,7 +92,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_video(path: str | os.PathLike, video: torch.Tensor, fps: float = 8, scale: int = 1) -> Path:
-    """Write ``video (C, T, H, W)`` to ``.mp4`` (H.264, PyAV) or ``.gif`` (Pillow), atomically."""
+    """Write ``video (C, T, H, W)`` to ``.mp4`` (H.264, PyAV) or ``.gif`` (Pillow), or a one-frame
+    video to ``.png``, atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
@@ -106,8 +107,16 @@ def save_video(path: str | os.PathLike, video: torch.Tensor, fps: float = 8, sca
         images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                        duration=round(1000 / fps), loop=0)
         write_atomic(path, buffer.getvalue())
+    elif suffix == ".png":
+        from PIL import Image
+
+        if video.shape[1] != 1:
+            raise ValueError(f"a .png holds one frame; got a video of {video.shape[1]} frames (use .mp4 or .gif)")
+        buffer = io.BytesIO()
+        Image.fromarray(_upscale(to_uint8(video), scale)[0].squeeze()).save(buffer, format="PNG")
+        write_atomic(path, buffer.getvalue())
     else:
-        raise ValueError(f"save_video writes .mp4 or .gif, got {path.name!r}")
+        raise ValueError(f"save_video writes .mp4, .gif or (one frame) .png, got {path.name!r}")
     return path
 
 

@@ -178,3 +178,36 @@ def test_diffusion_module_loss_falls_at_tiny_size():
     a = cli.model.generate((10, 1, 8, 8), y, seed=3, steps=10)
     assert a.shape == (10, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, cli.model.generate((10, 1, 8, 8), y, seed=3, steps=10))
+
+
+def test_latent_diffusion_end_to_end_at_tiny_size(tmp_path, monkeypatch):
+    """The latent path: a tiny VAE is trained and cached, videos are encoded once, the
+    denoiser trains on scaled latents and `generate` decodes videos."""
+    from test_cache import TINY_VAE
+
+    from sora_edu.train.cli import from_config
+
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))
+    vae = str(TINY_VAE).replace("'", '"')
+    cli = from_config("diffusion_latent", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                      "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false",
+                      "--trainer.max_steps=5", "--trainer.callbacks=[]",
+                      f"--model.init_args.vae_overrides={vae}", f"--data.init_args.vae_overrides={vae}",
+                      "--data.init_args.frames=5", "--data.init_args.height=16", "--data.init_args.width=16",
+                      "--data.init_args.num_train=16", "--data.init_args.num_val=8", "--data.init_args.batch_size=8",
+                      "--model.init_args.net.init_args.in_channels=4", "--model.init_args.net.init_args.channels=[8, 8]")
+    cli.trainer.fit(cli.model, cli.datamodule)
+    latents = cli.datamodule.train_set.tensors[0]
+    assert latents.shape == (16, 4, 2, 2, 2)
+    # the data are scaled by the VAE's scale factor: unit variance over the training set... roughly
+    assert 0.5 < latents.std().item() < 2.0
+    video = cli.model.generate((2, 4, 2, 2, 2), torch.tensor([0, 5]), frames=5, steps=3)
+    assert video.shape == (2, 3, 5, 16, 16) and video.abs().max() <= 1
+
+
+def test_latent_model_and_data_must_use_one_vae():
+    from sora_edu.train.cli import from_config
+
+    cli = from_config("diffusion_latent", "--trainer.logger=false", "--model.init_args.vae=vae_fsq")
+    with pytest.raises(ValueError, match="encoded by 'vae_kl'.*decodes with 'vae_fsq'"):
+        cli.model.check_data(cli.datamodule)

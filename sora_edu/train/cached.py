@@ -19,6 +19,9 @@ from ..cache import cache_dir, config_hash, load_checkpoint, save_checkpoint
 from .callbacks import History
 from .cli import config_path, from_config
 
+# Callbacks that only watch a run: they do not change the weights, so not the cache key.
+WATCHERS = ("sora_edu.train.diffusion.SampleLogger", "sora_edu.train.callbacks.History",
+            "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.LearningRateMonitor")
 QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
 
 
@@ -28,7 +31,8 @@ def _key(cli) -> tuple[dict, str]:
     weights_depend_on = {
         "model": cfg.get("model"), "data": cfg.get("data"), "seed": cfg.get("seed_everything"),
         "max_steps": trainer.get("max_steps"), "max_epochs": trainer.get("max_epochs"),
-        "precision": trainer.get("precision"), "callbacks": trainer.get("callbacks"),
+        "precision": trainer.get("precision"),
+        "callbacks": [c for c in trainer.get("callbacks") or [] if c.get("class_path") not in WATCHERS] or None,
     }
     # A latent model depends on the autoencoder it was trained on: key it by that one's key.
     vae = (cfg.get("model") or {}).get("init_args", {}).get("vae")

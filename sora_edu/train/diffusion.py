@@ -12,13 +12,16 @@ Batches: ``{"x": (B, C, ...) data or scaled latents, "y": (B,) labels}``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..diffusion import Diffusion, sample
-from .data import render_task, from_uint8
+from ..viz import save_video, tile
+from .data import from_uint8, render_task
 from .optim import warmup_cosine
 
 
@@ -33,7 +36,9 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.diffusion = Diffusion(objective, schedule, timesteps)
-        self._vae = None  # not a submodule: the checkpoint holds the denoiser only
+        # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
+        # holds the denoiser only, and the optimiser and .train() never touch the VAE.
+        self.__dict__["_vae"] = None
 
     # --- conditions ---------------------------------------------------------------------
 
@@ -50,12 +55,19 @@ class DiffusionModule(pl.LightningModule):
         return torch.where(keep, y, self.null(len(y)))
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self.trainer is not None else None
-        data_vae = getattr(getattr(dm, "hparams", None), "get", lambda k: None)("vae")
+        if self.trainer is not None and self.trainer.datamodule is not None:
+            self.check_data(self.trainer.datamodule)
+
+    def check_data(self, datamodule) -> None:
+        """The data must be latents of the autoencoder this model decodes with."""
+        hp = getattr(datamodule, "hparams", {})
+        if "vae" not in hp:
+            return
+        data = (hp["vae"], list(hp.get("vae_overrides") or []))
         mine = (self.hparams.vae, list(self.hparams.vae_overrides or []))
-        if data_vae is not None and (data_vae, list(dm.hparams.get("vae_overrides") or [])) != mine:
-            raise ValueError(f"the data were encoded by {data_vae!r} {dm.hparams.get('vae_overrides') or []} but the "
-                             f"model decodes with {mine[0]!r} {mine[1]}: set model.init_args.vae to match")
+        if data != mine:
+            raise ValueError(f"the data were encoded by {data[0]!r} {data[1]} but the model decodes with "
+                             f"{mine[0]!r} {mine[1]}: set model.init_args.vae (and vae_overrides) to match")
 
     # --- training -----------------------------------------------------------------------
 
@@ -85,8 +97,9 @@ class DiffusionModule(pl.LightningModule):
         if self._vae is None:
             from .cached import load_or_train_vae
 
-            self._vae = load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []), verbose=False).eval()
-        return self._vae
+            vae = load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []), verbose=False).eval()
+            self.__dict__["_vae"] = vae.requires_grad_(False).to(self.device)
+        return self.__dict__["_vae"]
 
     @torch.no_grad()
     def sample(self, shape: tuple[int, ...], labels: torch.Tensor | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
@@ -138,6 +151,13 @@ class LatentVideoDataModule(pl.LightningDataModule):
         latents = torch.cat([self.vae.encode(from_uint8(v)) for v in videos.split(64)]) * self.vae.scale_factor
         return TensorDataset(latents, labels)
 
+    def prepare_data(self) -> None:
+        # Runs once per machine before DDP ranks start: train and cache the VAE here if
+        # needed, so ranks never train it concurrently.
+        from .cached import load_or_train_vae
+
+        load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
+
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
@@ -158,3 +178,43 @@ class LatentVideoDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         return {"x": x, "y": y}
+
+
+class SampleLogger(pl.Callback):
+    """Every ``every_n_steps``, draw one sample per class (seeded, so frames of the same
+    sample can be compared across steps) and keep it in ``samples`` as ``(step, data)``;
+    with a logger, also write a tiled ``samples/step_NNNNNN.png`` (images) or ``.mp4``
+    (videos) in the run's log folder. ``kwargs`` go to the sampler (default: DDIM, 25 steps)."""
+
+    def __init__(self, every_n_steps: int = 500, seed: int = 0, sampler: str | None = None, steps: int = 25,
+                 guidance: float = 1.0) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.seed = every_n_steps, seed
+        self.kwargs = {"steps": steps, "guidance": guidance, **({"sampler": sampler} if sampler else {})}
+        self.samples: list[tuple[int, torch.Tensor]] = []
+        self._shape = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._shape = tuple(batch["x"].shape[1:])
+        if trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._shape is not None and (not self.samples or self.samples[-1][0] != trainer.global_step):
+            if trainer.is_global_zero:
+                self.draw(trainer, pl_module)
+
+    @torch.no_grad()
+    def draw(self, trainer, pl_module: DiffusionModule) -> None:
+        n = pl_module.hparams.num_classes
+        labels = torch.arange(n) if n else None
+        count = n or 8
+        frames = getattr(getattr(trainer.datamodule, "hparams", {}), "get", lambda k, d=None: d)("frames")
+        x = pl_module.generate((count, *self._shape), labels, frames=frames, seed=self.seed, **self.kwargs).cpu()
+        self.samples.append((trainer.global_step, x))
+        if trainer.logger is not None and trainer.log_dir:
+            video = x if x.ndim == 5 else x[:, :, None]  # images as one-frame videos
+            video = video.expand(-1, 3, -1, -1, -1) if video.shape[1] == 1 else video
+            suffix = ".mp4" if video.shape[2] > 1 else ".png"
+            save_video(Path(trainer.log_dir) / "samples" / f"step_{trainer.global_step:06d}{suffix}", tile(video, 5), scale=4)

@@ -1,0 +1,46 @@
+"""Judging samples: the Fréchet distance and a classifier judge."""
+
+import pytest
+import torch
+
+from sora_edu.eval import Judge, frechet_distance, load_judge
+
+
+def test_frechet_distance_of_known_gaussians():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20_000, 4, generator=g)
+    b = torch.randn(20_000, 4, generator=g)
+    assert frechet_distance(a, b) == pytest.approx(0.0, abs=0.02)
+    # mean shift: ||d||^2
+    assert frechet_distance(a, b + torch.tensor([1.0, 0, 0, 2.0])) == pytest.approx(5.0, abs=0.05)
+    # N(0, I) vs N(0, 4I) in 4-D: 4 * (1 + 4 - 2 * 2) = 4
+    assert frechet_distance(a, 2 * b) == pytest.approx(4.0, rel=0.03)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), abs=1e-6)
+    with pytest.raises(ValueError, match=r"expected features \(N, D\) and \(M, D\)"):
+        frechet_distance(a, b[:, :3])
+
+
+class Threshold(torch.nn.Module):
+    """Class 1 when the mean pixel is positive; features are the mean and the std."""
+
+    def features(self, x):
+        return torch.stack([x.flatten(1).mean(1), x.flatten(1).std(1)], dim=1)
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1)
+        return torch.stack([-m, m], dim=1)
+
+
+def test_judge_accuracy_per_class_and_resizing():
+    judge = Judge(Threshold(), size=(4, 4), num_classes=3)
+    x = torch.cat([torch.ones(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)])
+    labels = torch.tensor([1, 1, 0, 0, 0])  # the third is wrong
+    acc, per = judge.accuracy(x, labels)
+    assert acc == pytest.approx(0.8)
+    assert per[0] == pytest.approx(2 / 3) and per[1] == 1.0 and torch.isnan(per[2])
+    assert judge.prepare(x).shape == (5, 1, 4, 4)
+    with pytest.raises(ValueError, match="3 trailing axes"):
+        Judge(Threshold(), size=(2, 4, 4)).prepare(x)
+    assert judge.frechet(x, x) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown judge 'colour'"):
+        load_judge("colour")
