@@ -211,3 +211,23 @@ def test_latent_model_and_data_must_use_one_vae():
     cli = from_config("diffusion_latent", "--trainer.logger=false", "--model.init_args.vae=vae_fsq")
     with pytest.raises(ValueError, match="encoded by 'vae_kl'.*decodes with 'vae_fsq'"):
         cli.model.check_data(cli.datamodule)
+
+
+def test_sample_logger_keeps_and_writes_samples(tmp_path):
+    from sora_edu.train.cli import from_config
+    from sora_edu.train.diffusion import SampleLogger
+
+    cli = from_config("diffusion_digits", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false",
+                      "--trainer.enable_progress_bar=false", "--trainer.max_steps=10", "--trainer.callbacks=[]",
+                      f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.init_args.height=8",
+                      "--data.init_args.width=8", "--data.init_args.batch_size=32", "--data.init_args.num_train=64",
+                      "--data.init_args.num_val=32", "--model.init_args.net.init_args.channels=[8, 8]")
+    logger = SampleLogger(every_n_steps=4, steps=3)
+    cli.trainer.callbacks.append(logger)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert [step for step, _ in logger.samples] == [4, 8, 10]
+    assert logger.samples[-1][1].shape == (10, 1, 8, 8)  # one sample per class
+    files = sorted(tmp_path.glob("**/samples/step_*.png"))
+    assert [f.name for f in files] == ["step_000004.png", "step_000008.png", "step_000010.png"]
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
+        SampleLogger(every_n_steps=0)

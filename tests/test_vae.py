@@ -121,3 +121,18 @@ def test_fsq_levels_and_indices():
     z.requires_grad_(True)
     fsq(z).z_q.sum().backward()
     assert z.grad.abs().sum() > 0
+
+
+def test_sora_edu_fit_trains_the_vae_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "sora_edu.cli", "fit", "--config", "vae_kl.yaml", "--trainer.max_steps=3",
+           "--trainer.log_every_n_steps=1",
+           "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
+           f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.init_args.frames=5",
+           "--data.init_args.height=16", "--data.init_args.width=16", "--data.init_args.train_crop=null",
+           "--data.init_args.batch_size=2", "--data.init_args.num_val=2", "--model.init_args.net.init_args.channels=[8, 8]"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    metrics = (next(tmp_path.glob("vae_kl/version_*/metrics.csv"))).read_text()
+    assert "val/psnr" in metrics and "train/loss" in metrics
