@@ -65,7 +65,7 @@ class Diffusion:
         """What the network is given: a float in ``[0, T)`` for both families."""
         return t.float() * self.steps if self.is_flow else t.float()
 
-    def _coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(signal, noise)`` coefficients of ``x_t = signal x0 + noise eps``."""
         if self.is_flow:
             tt = _bcast(self.check_t(t), like)
@@ -81,7 +81,7 @@ class Diffusion:
             raise ValueError(f"noise {tuple(noise.shape)} must have the shape of x0 {tuple(x0.shape)}")
         if torch.as_tensor(t).shape != (x0.shape[0],):
             raise ValueError(f"expected one time per example, t of shape ({x0.shape[0]},), got {tuple(torch.as_tensor(t).shape)}")
-        s, n = self._coefs(t, x0)
+        s, n = self.coefficients(t, x0)
         return s * x0 + n * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -92,12 +92,12 @@ class Diffusion:
             return x0
         if self.objective == "flow":
             return noise - x0
-        s, n = self._coefs(t, x0)
+        s, n = self.coefficients(t, x0)
         return s * noise - n * x0
 
     def predict(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's output at ``(x_t, t)`` -> its estimates ``(x0, eps)``."""
-        s, n = self._coefs(t, x_t)
+        s, n = self.coefficients(t, x_t)
         if self.objective == "eps":
             return (x_t - n * out) / s, out
         if self.objective == "x0":

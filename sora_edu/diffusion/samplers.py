@@ -78,7 +78,7 @@ def sample(diffusion: Diffusion, model: Callable, shape: tuple[int, ...], cond=N
         x0, eps = diffusion.predict(net(x, diffusion.model_time(tt), cond), x, tt)
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
-            s, n = diffusion._coefs(tt, x)
+            s, n = diffusion.coefficients(tt, x)
             eps = (x - s * x0) / n.clamp_min(1e-8)
         if chain is not None:
             chain.append((t, x.clone(), x0.clone()))
