@@ -44,3 +44,40 @@ def test_judge_accuracy_per_class_and_resizing():
     assert judge.frechet(x, x) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="unknown judge 'colour'"):
         load_judge("colour")
+
+
+def test_world_scorer_reads_renders_right():
+    """The world-truth scorer on 120 one-object renders (no walls, no pans): every attribute
+    >= 98 % (measured: 100 % on 300 renders at 16x64x64)."""
+    from sora_edu.data.worlds import ShapesWorld, WorldConfig
+    from sora_edu.eval.world_score import adherence
+
+    config = WorldConfig(min_objects=1, max_objects=1, p_occluder=0.0, p_pan=0.0)
+    world = ShapesWorld(120, 16, 64, 64, seed=7, config=config)
+    videos, asked = [], []
+    for i in range(len(world)):
+        s = world.sample(i)
+        o = s.scene.objects[0]
+        videos.append(s.video)
+        asked.append({"shape": o.shape, "colour": o.colour, "size": o.size, "motion": o.motion,
+                      "background": s.scene.background})
+    result = adherence(videos, asked)
+    for key in ("shape", "colour", "size", "motion", "background", "present"):
+        assert result[key] >= 0.98, (key, result)
+    assert result["all"] >= 0.95
+    # asking for the wrong thing is caught
+    wrong = [{**a, "colour": "white" if a["colour"] != "white" else "red"} for a in asked[:20]]
+    assert adherence(videos[:20], wrong)["colour"] == 0.0
+
+
+def test_world_scorer_on_an_empty_video_and_bad_input():
+    from sora_edu.eval.world_score import describe, score
+
+    empty = torch.full((3, 8, 32, 32), -1.0)
+    d = describe(empty)
+    assert d["present"] is False and d["background"] == "black"
+    assert score(empty, {"shape": "circle"}) == {"present": False, "shape": False, "all": False}
+    with pytest.raises(ValueError, match=r"expected one video \(3, T, H, W\)"):
+        describe(torch.zeros(1, 3, 8, 32, 32))
+    with pytest.raises(ValueError, match="cannot score \\['texture'\\]"):
+        score(empty, {"texture": "smooth"})
