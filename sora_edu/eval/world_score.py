@@ -32,9 +32,14 @@ def _nearest(colour: torch.Tensor, table: dict) -> str:
     return names[int((palette - colour).pow(2).sum(-1).argmin())]
 
 
-def _templates(height: int, width: int, cy: float, cx: float, shift: int = 2) -> tuple[list[tuple[str, str]], torch.Tensor]:
-    """Coverage masks ``(K, S, H, W)`` of every (shape, size) at S shifted centres."""
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+def _pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+
+
+def _templates(ys: torch.Tensor, xs: torch.Tensor, cy: float, cx: float, shift: int = 2) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """Coverage masks ``(K, S, H, W)`` of every (shape, size) at S shifted centres, on the
+    pixel-centre grid ``ys, xs (H, W)``."""
+    height, width = ys.shape
     offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
     keys, masks = [], []
     for shape in SHAPES:
@@ -67,7 +72,7 @@ def describe(video: torch.Tensor, min_area: float = 4.0) -> dict:
     # Soft object mask: 0 on the background, 1 on the object's colour.
     span = (colour - background).norm().clamp_min(1e-3)
     soft = (dist / span).clamp(0, 1)
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    ys, xs = _pixel_centres(height, width)
     track = []
     for t in range(frames):
         w = soft[t] * core[t]
@@ -75,7 +80,7 @@ def describe(video: torch.Tensor, min_area: float = 4.0) -> dict:
     # Shape and size: vote over a few visible frames.
     votes: dict[tuple[str, str], float] = {}
     for t in [int(i) for i in torch.nonzero(visible).flatten()][:: max(1, frames // 4)]:
-        keys, masks = _templates(height, width, *track[t])
+        keys, masks = _templates(ys, xs, *track[t])
         obs = soft[t][None, None]
         iou = torch.minimum(masks, obs).flatten(2).sum(-1) / torch.maximum(masks, obs).flatten(2).sum(-1)
         best = iou.max(dim=1).values

@@ -9,9 +9,8 @@ and nothing that does not (logging, progress bars, checkpoint folders).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 

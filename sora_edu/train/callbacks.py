@@ -36,9 +36,6 @@ class History(pl.Callback):
         if not trainer.sanity_checking:
             self._record(trainer, validation=True)
 
-    def validation_rows(self) -> list[dict]:
-        return [r for r in self.rows if r.get("validation")]
-
     def series(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.rows if key in r]
         # Keep the last value recorded at each step (validation overwrites the running one).

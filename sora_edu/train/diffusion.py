@@ -55,8 +55,12 @@ class DiffusionModule(pl.LightningModule):
         return torch.where(keep, y, self.null(len(y)))
 
     def setup(self, stage: str) -> None:
-        if self.trainer is not None and self.trainer.datamodule is not None:
-            self.check_data(self.trainer.datamodule)
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None:
+            self.check_data(dm)
+            if getattr(dm, "vae", None) is not None and self.hparams.vae is not None:
+                # The same cached autoencoder the data were encoded with: no second load.
+                self.__dict__["_vae"] = dm.vae.requires_grad_(False)
 
     def check_data(self, datamodule) -> None:
         """The data must be latents of the autoencoder this model decodes with."""
