@@ -1,6 +1,8 @@
 """The ``sora-edu`` command.
 
-    sora-edu demo                      a gallery of the three toy worlds (grows into text-to-video)
+    sora-edu demo --prompt "a red circle moves left"   train (or load) a tiny text-to-video model, write demo.mp4
+    sora-edu sample --prompt ... --frames 16 --height 64 --width 128   sample a trained model at any size
+    sora-edu gallery                   a gallery of the three toy worlds
     sora-edu worlds --n 100 --out DIR  a captioned sample set: mp4 files + captions.jsonl
     sora-edu fit --config NAME.yaml    train with LightningCLI (also validate, test, predict)
 
@@ -62,7 +64,102 @@ def worlds(n: int = 100, out: str = "sora_edu_worlds", frames: int = 16, height:
     return folder
 
 
-def demo(out: str = "sora_edu_demo", seed: int = 0) -> Path:
+def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[str]):
+    """The text-to-video module of ``config``: weights from a Lightning ``checkpoint``
+    (what ``sora-edu fit`` writes), else from the cache (trained now if absent)."""
+    from .train.cached import QUIET, load_or_train
+    from .train.cli import from_config
+
+    if checkpoint is None:
+        return load_or_train(config, *overrides)
+    module = from_config(config, *QUIET, *overrides).model
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module.load_state_dict(state.get("state_dict", state))
+    print(f"loaded {checkpoint}")
+    return module.eval()
+
+
+def _write_samples(module, prompt: str, n: int, frames: int, height: int, width: int, seed: int, guidance: float,
+                   steps: int, folder: Path, name: str) -> dict:
+    from .eval.world_score import adherence
+    from .train.text_video import complete_prompt
+    from .viz import save_video, tile
+
+    vae = module.vae
+    factor = vae.space_factor * module.net.patch_size[1]
+    if frames < 1 or height % factor or width % factor or height < factor or width < factor:
+        raise ValueError(f"this model makes videos of any frames >= 1 and height, width multiples of {factor} "
+                         f"(the VAE's {vae.space_factor}x times the DiT's patch {module.net.patch_size[1]}); "
+                         f"got {frames}x{height}x{width}")
+    captions, named = zip(*[complete_prompt(prompt, seed + i, frames, height, width) for i in range(n)])
+    print(f"prompt: {prompt!r}")
+    for i, c in enumerate(captions):
+        print(f"  sample {i}: {c!r}")
+    shape = (vae.z_channels, vae.latent_frames(frames), height // vae.space_factor, width // vae.space_factor)
+    videos = module.generate((n, *shape), list(captions), frames=frames, seed=seed, steps=steps, guidance=guidance).cpu()
+    movie = save_video(folder / f"{name}.mp4", videos[0], fps=8, scale=4)
+    if n > 1:
+        save_video(folder / f"{name}_all.mp4", tile(videos, min(n, 4)), fps=8, scale=4)
+    scores = adherence(videos, list(named))
+    shown = ", ".join(f"{k} {v:.0%}" for k, v in scores.items() if k != "all")
+    print(f"adherence (world-truth scorer, attributes the prompt names): fully correct {scores['all']:.0%} ({shown})")
+    print(f"video: {movie.resolve()}")
+    return scores
+
+
+def demo(prompt: str = "a red circle moves left", out: str = "sora_edu_demo", n: int = 4, seed: int = 0,
+         guidance: float = 4.0, steps: int = 20) -> Path:
+    """Train (or load from the cache) the demo text-to-video model -- a video autoencoder and
+    a spacetime DiT on the Shapes world, ~5 minutes on 2 CPU cores the first time -- and
+    write ``OUT/demo.mp4`` for ``prompt``, printing how well it adheres to the prompt.
+
+    Args:
+        prompt: what to generate; attributes it leaves out are filled in at random.
+        out: output folder (``demo.mp4``; ``demo_all.mp4`` tiles all ``n`` samples).
+        n: samples drawn (the adherence figure is over all of them).
+        seed: sampling seed.
+        guidance: classifier-free guidance scale.
+        steps: sampler steps (Euler, rectified flow).
+    """
+    overrides = []
+    if smoke():
+        vae = ["--trainer.max_steps=10", "--data.init_args.num_val=4"]
+        overrides = ["--trainer.max_steps=10", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
+                     "--data.init_args.batch_size=16", f"--model.init_args.vae_overrides={vae}",
+                     f"--data.init_args.vae_overrides={vae}", "--trainer.callbacks=[]"]
+        n, steps = min(n, 2), min(steps, 4)
+    module = _text_to_video_model("t2v_demo", None, overrides)
+    folder = Path(out)
+    _write_samples(module, prompt, n, 16, 64, 64, seed, guidance, steps, folder, "demo")
+    return folder
+
+
+def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, config: str = "t2v",
+           checkpoint: str | None = None, out: str = "sora_edu_sample", n: int = 1, seed: int = 0,
+           guidance: float = 4.0, steps: int = 20) -> Path:
+    """Sample a text-to-video model at any size it supports (widescreen, vertical, longer).
+
+    Args:
+        prompt: what to generate; attributes it leaves out are filled in at random.
+        frames: video length (frames >= 1; 1 is an image).
+        height: frame height (a multiple of the VAE's compression times the DiT's patch: 16).
+        width: frame width (same rule).
+        config: the model's config (``t2v``, ``t2v_demo`` or a YAML file).
+        checkpoint: a Lightning checkpoint written by ``sora-edu fit --config CONFIG``; without
+            it, the model ``CONFIG`` trains is loaded from the cache (trained now if absent).
+        out: output folder (``sample.mp4``).
+        n: samples drawn.
+        seed: sampling seed.
+        guidance: classifier-free guidance scale.
+        steps: sampler steps.
+    """
+    module = _text_to_video_model(config, checkpoint, [])
+    folder = Path(out)
+    _write_samples(module, prompt, n, frames, height, width, seed, guidance, steps, folder, "sample")
+    return folder
+
+
+def gallery(out: str = "sora_edu_gallery", seed: int = 0) -> Path:
     """Render a gallery of the three toy worlds to ``OUT/gallery.mp4`` and ``OUT/gallery.html``.
 
     Args:
@@ -106,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from jsonargparse import CLI
 
-    CLI([demo, worlds], args=argv, as_positional=False)
+    CLI([demo, sample, gallery, worlds], args=argv, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from sora_edu.diffusion import Diffusion, NoiseSchedule, classifier_free_guidance, sample, timestep_embedding
 from sora_edu.models.unet import UNet
 
-OBJECTIVES = ["eps", "x0", "v", "flow"]
+OBJECTIVES = ["eps", "x0", "v", "flow", "flow_x0"]
 
 
 def test_schedules_decrease_from_signal_to_noise():

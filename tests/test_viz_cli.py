@@ -98,8 +98,8 @@ def test_cli_worlds_writes_videos_and_truth(tmp_path):
         assert (video - expected.video).abs().mean() < 0.05
 
 
-def test_cli_demo_writes_a_gallery(tmp_path, capsys):
-    cli.main(["demo", "--out", str(tmp_path)])
+def test_cli_gallery_writes_a_gallery(tmp_path, capsys):
+    cli.main(["gallery", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert str((tmp_path / "gallery.mp4").resolve()) in out
     gallery = read_video(tmp_path / "gallery.mp4")

@@ -9,7 +9,15 @@ Two families share it:
   Ho, arXiv 2202.00512), which stays well scaled at both ends of the schedule.
 * **Rectified flow / flow matching** (``objective = "flow"``): continuous ``t`` in
   ``[0, 1]``, the straight line ``x_t = (1 - t) x0 + t eps``, and the network predicts its
-  velocity ``eps - x0`` (Liu et al., arXiv 2209.03003; Lipman et al., arXiv 2210.02747).
+  velocity ``eps - x0`` (Liu et al., arXiv 2209.03003; Lipman et al., arXiv 2210.02747),
+  or (``"flow_x0"``) the clean ``x0`` on the same path: a transformer whose patch holds
+  more numbers than its width cannot carry the noise through to a velocity, while ``x0``
+  is structured and low-dimensional (notebook 06 measures it).
+
+Flow training times are uniform, or **logit-normal** (``flow_times="logit_normal"``:
+``t = sigmoid(n)``, ``n ~ N(0, 1)``), which spends training on the middle of the path where
+the velocity is hardest to guess; Stable Diffusion 3 (Esser et al., arXiv 2403.03206)
+found it the best of the samplings it compared.
 
 Whatever it predicts, :meth:`Diffusion.predict` turns the output back into an estimate of
 ``(x0, eps)``; the samplers only ever use that. The network sees time as a float in
@@ -26,7 +34,7 @@ import torch.nn.functional as F
 
 from .schedule import NoiseSchedule
 
-OBJECTIVES = ("eps", "x0", "v", "flow")
+OBJECTIVES = ("eps", "x0", "v", "flow", "flow_x0")
 Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
@@ -35,15 +43,18 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Diffusion:
-    def __init__(self, objective: str = "eps", schedule: str = "cosine", steps: int = 1000) -> None:
+    def __init__(self, objective: str = "eps", schedule: str = "cosine", steps: int = 1000,
+                 flow_times: str = "uniform") -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        self.objective, self.steps = objective, steps
+        if flow_times not in ("uniform", "logit_normal"):
+            raise ValueError(f"flow_times must be 'uniform' or 'logit_normal', got {flow_times!r}")
+        self.objective, self.steps, self.flow_times = objective, steps, flow_times
         self.schedule = NoiseSchedule(schedule, steps)
 
     @property
     def is_flow(self) -> bool:
-        return self.objective == "flow"
+        return self.objective in ("flow", "flow_x0")
 
     # --- time -----------------------------------------------------------------------------
 
@@ -56,7 +67,9 @@ class Diffusion:
         return self.schedule.check(t)
 
     def sample_t(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training times: uniform steps, or uniform flow times."""
+        """Training times: uniform steps, or flow times (uniform or logit-normal)."""
+        if self.is_flow and self.flow_times == "logit_normal":
+            return torch.randn(batch, generator=generator, device=device).sigmoid()
         if self.is_flow:
             return torch.rand(batch, generator=generator, device=device)
         return torch.randint(0, self.steps, (batch,), generator=generator, device=device)
@@ -88,7 +101,7 @@ class Diffusion:
         """What the network should output at ``(x_t, t)``."""
         if self.objective == "eps":
             return noise
-        if self.objective == "x0":
+        if self.objective in ("x0", "flow_x0"):
             return x0
         if self.objective == "flow":
             return noise - x0
@@ -104,6 +117,8 @@ class Diffusion:
             return out, (x_t - s * out) / n.clamp_min(1e-8)
         if self.objective == "v":
             return s * x_t - n * out, n * x_t + s * out
+        if self.objective == "flow_x0":  # eps = (x_t - (1 - t) x0) / t
+            return out, (x_t - s * out) / n.clamp_min(1e-3)
         return x_t - n * out, x_t + s * out  # flow: x0 = x_t - t v, eps = x_t + (1 - t) v
 
     def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -4,13 +4,18 @@ Analytic, because the Shapes world is: flat colours on a flat background. For a 
 one object it estimates every attribute a prompt can name and compares:
 
 * **background**: the median colour of the clip, nearest of the world's backgrounds;
-* **present / colour**: pixels far from the background are the object; their median
-  colour, nearest of the world's colours;
+* **present / colour**: pixels far from the background are the object; the median colour
+  of its interior (the half of those pixels farthest from the background: edges blend
+  with the background), nearest of the world's colours;
 * **shape and size** together: the object's soft mask is matched against the world's own
   anti-aliased shape templates (every shape at both sizes, at small shifts around the
   mask's centroid); the best soft IoU wins;
 * **motion**: the centroid track: still (it barely moves), left / right / up / down (one
   axis moves), bounce (both axes move: the world's bounces are diagonal).
+
+A world that uses fewer shapes or colours than the renderer knows (the text-to-video world
+does) passes them as ``shapes=`` / ``colours=``: the scorer then chooses among those only,
+as any closed-set judge would.
 
 Layout: ``video (3, T, H, W)`` in [-1, 1]. Validated on renders in ``tests/test_eval.py``.
 """
@@ -36,13 +41,14 @@ def _pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
 
 
-def _templates(ys: torch.Tensor, xs: torch.Tensor, cy: float, cx: float, shift: int = 2) -> tuple[list[tuple[str, str]], torch.Tensor]:
+def _templates(ys: torch.Tensor, xs: torch.Tensor, cy: float, cx: float, shapes: Sequence[str] = SHAPES,
+               shift: int = 2) -> tuple[list[tuple[str, str]], torch.Tensor]:
     """Coverage masks ``(K, S, H, W)`` of every (shape, size) at S shifted centres, on the
     pixel-centre grid ``ys, xs (H, W)``."""
     height, width = ys.shape
     offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
     keys, masks = [], []
-    for shape in SHAPES:
+    for shape in shapes:
         for size, frac in SIZES.items():
             r = torch.tensor(frac * min(height, width))
             per = [(0.5 - _sdf(shape, xs - (cx + dx), ys - (cy + dy), r)).clamp(0, 1) for dy, dx in offsets]
@@ -52,8 +58,10 @@ def _templates(ys: torch.Tensor, xs: torch.Tensor, cy: float, cx: float, shift: 
 
 
 @torch.no_grad()
-def describe(video: torch.Tensor, min_area: float = 4.0) -> dict:
-    """Estimate the attributes of the (single) object in ``video (3, T, H, W)`` in [-1, 1]."""
+def describe(video: torch.Tensor, min_area: float = 4.0, shapes: Sequence[str] = SHAPES,
+             colours: Sequence[str] = tuple(COLOURS)) -> dict:
+    """Estimate the attributes of the (single) object in ``video (3, T, H, W)`` in [-1, 1],
+    choosing among ``shapes`` and ``colours``."""
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f"expected one video (3, T, H, W) in [-1, 1], got shape {tuple(video.shape)}")
     rgb = ((video.float() + 1) / 2).clamp(0, 1)
@@ -67,8 +75,10 @@ def describe(video: torch.Tensor, min_area: float = 4.0) -> dict:
     if visible.float().mean() < 0.5:
         return out
     out["present"] = True
-    colour = rgb.permute(1, 2, 3, 0)[core].median(dim=0).values
-    out["colour"] = _nearest(colour, COLOURS)
+    far = dist[core]
+    interior = rgb.permute(1, 2, 3, 0)[core][far >= far.median()]
+    colour = interior.median(dim=0).values
+    out["colour"] = _nearest(colour, {c: COLOURS[c] for c in colours})
     # Soft object mask: 0 on the background, 1 on the object's colour.
     span = (colour - background).norm().clamp_min(1e-3)
     soft = (dist / span).clamp(0, 1)
@@ -80,7 +90,7 @@ def describe(video: torch.Tensor, min_area: float = 4.0) -> dict:
     # Shape and size: vote over a few visible frames.
     votes: dict[tuple[str, str], float] = {}
     for t in [int(i) for i in torch.nonzero(visible).flatten()][:: max(1, frames // 4)]:
-        keys, masks = _templates(ys, xs, *track[t])
+        keys, masks = _templates(ys, xs, *track[t], shapes=shapes)
         obs = soft[t][None, None]
         iou = torch.minimum(masks, obs).flatten(2).sum(-1) / torch.maximum(masks, obs).flatten(2).sum(-1)
         best = iou.max(dim=1).values
@@ -106,10 +116,11 @@ def _motion(track: Sequence[tuple[float, float]], side: int) -> str:
     return "down" if ys[-1] > ys[0] else "up"
 
 
-def score(video: torch.Tensor, asked: dict) -> dict:
+def score(video: torch.Tensor, asked: dict, **vocabulary) -> dict:
     """Per attribute the prompt names (keys of ``asked`` among shape, colour, size, motion,
-    background): was it right? Plus ``present`` and ``all`` (every named one right)."""
-    seen = describe(video)
+    background): was it right? Plus ``present`` and ``all`` (every named one right).
+    ``vocabulary`` (``shapes=``, ``colours=``) goes to :func:`describe`."""
+    seen = describe(video, **vocabulary)
     unknown = set(asked) - set(ATTRIBUTES)
     if unknown:
         raise ValueError(f"cannot score {sorted(unknown)}; the scorer knows {ATTRIBUTES}")
@@ -121,11 +132,11 @@ def score(video: torch.Tensor, asked: dict) -> dict:
     return result
 
 
-def adherence(videos: torch.Tensor | Sequence[torch.Tensor], asked: Sequence[dict]) -> dict:
-    """Accuracy per attribute over a batch, and the fraction **fully correct**."""
+def adherence(videos: torch.Tensor | Sequence[torch.Tensor], asked: Sequence[dict], **vocabulary) -> dict:
+    """Accuracy per attribute over a batch, and the fraction **fully correct** (``"all"``)."""
     if len(videos) != len(asked):
         raise ValueError(f"{len(videos)} videos but {len(asked)} prompts")
-    scores = [score(v, a) for v, a in zip(videos, asked)]
+    scores = [score(v, a, **vocabulary) for v, a in zip(videos, asked)]
     keys = sorted({k for s in scores for k in s})
     return {k: sum(s[k] for s in scores if k in s) / sum(k in s for s in scores) for k in keys}
 

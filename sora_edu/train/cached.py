@@ -20,6 +20,7 @@ from .cli import config_path, from_config
 
 # Callbacks that only watch a run: they do not change the weights, so not the cache key.
 WATCHERS = ("sora_edu.train.diffusion.SampleLogger", "sora_edu.train.callbacks.History",
+            "sora_edu.train.text_video.AdherenceCurve",
             "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.LearningRateMonitor")
 QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
 
@@ -75,6 +76,9 @@ def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.Ligh
         extra["scale_factor"] = cli.model.compute_scale_factor(cli.datamodule.val_dataloader())
     extra["metrics"] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     extra["history"] = history.rows
+    for callback in cli.trainer.callbacks:
+        if hasattr(callback, "rows") and callback is not history:  # e.g. an adherence curve
+            extra[type(callback).__name__] = callback.rows
     save_checkpoint(cli.model, resolved, path, extra)
     cli.model.record = {"config": resolved, **extra}
     if verbose:

@@ -42,10 +42,12 @@ def _resolve_configs(args: Sequence[str]) -> list[str]:
 
 
 def make_cli(args: Sequence[str] | None, run: bool = True) -> LightningCLI:
+    # Built without running (notebooks, the cache): no config.yaml is written; with no
+    # logger it would land in the working directory. The cache keeps the config itself.
+    save = {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
     return LightningCLI(
         model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True,
-        args=_resolve_configs(list(args)) if args is not None else None, run=run,
-        save_config_kwargs={"overwrite": True},
+        args=_resolve_configs(list(args)) if args is not None else None, run=run, **save,
     )
 
 

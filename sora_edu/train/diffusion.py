@@ -7,7 +7,9 @@ space: it expects latents already scaled by the VAE's ``scale_factor`` (the
 :class:`LatentVideoDataModule` makes them) and :meth:`generate` decodes its samples to
 videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callback.
 
-Batches: ``{"x": (B, C, ...) data or scaled latents, "y": (B,) labels}``.
+Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
+labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
+a network with a text encoder, ``net.text``; the null condition is the empty prompt).
 """
 
 from __future__ import annotations
@@ -29,30 +31,64 @@ class DiffusionModule(pl.LightningModule):
     def __init__(self, net: nn.Module, objective: str = "eps", schedule: str = "cosine", timesteps: int = 1000,
                  num_classes: int | None = 10, cond_drop: float = 0.1, lr: float = 2e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 100, vae: str | None = None, vae_overrides: list[str] | None = None,
-                 clip: float | None = 1.0) -> None:
+                 clip: float | None = 1.0, flow_times: str = "uniform") -> None:
         super().__init__()
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.diffusion = Diffusion(objective, schedule, timesteps)
+        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times)
         # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
         # holds the denoiser only, and the optimiser and .train() never touch the VAE.
         self.__dict__["_vae"] = None
+        self.tokenizer = None
+        if self.is_text:
+            from ..models.text import WordTokenizer
+
+            self.tokenizer = WordTokenizer.for_world()
+            if net.text.embed.num_embeddings != len(self.tokenizer):
+                raise ValueError(f"the network's text vocabulary has {net.text.embed.num_embeddings} words but the "
+                                 f"world's tokenizer has {len(self.tokenizer)}: set net vocab_size={len(self.tokenizer)}")
 
     # --- conditions ---------------------------------------------------------------------
 
-    def null(self, batch: int) -> torch.Tensor | None:
-        """The null condition: the extra label ``num_classes``."""
+    @property
+    def is_text(self) -> bool:
+        return getattr(self.net, "text", None) is not None
+
+    def null(self, batch: int, like: dict | None = None):
+        """The null condition: the extra label ``num_classes``, or the empty prompt (padded
+        like the text condition ``like``)."""
+        if self.is_text:
+            max_len = like["ids"].shape[1] if like is not None else 24
+            ids, mask = self.tokenizer.encode([""] * batch, max_len=max_len)
+            return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
         n = self.hparams.num_classes
         return None if n is None else torch.full((batch,), n, dtype=torch.long, device=self.device)
 
-    def drop(self, y: torch.Tensor) -> torch.Tensor:
-        """Replace a ``cond_drop`` fraction of labels by the null label (for CFG)."""
-        if self.hparams.num_classes is None or self.hparams.cond_drop == 0:
-            return y
-        keep = torch.rand(y.shape, device=y.device) >= self.hparams.cond_drop
-        return torch.where(keep, y, self.null(len(y)))
+    def drop(self, cond):
+        """Replace a ``cond_drop`` fraction of conditions by the null one (for CFG)."""
+        if cond is None or self.hparams.cond_drop == 0:
+            return cond
+        batch = len(cond["ids"]) if isinstance(cond, dict) else len(cond)
+        keep = torch.rand(batch, device=self.device) >= self.hparams.cond_drop
+        null = self.null(batch, like=cond)
+        if isinstance(cond, dict):
+            return {k: torch.where(keep[:, None], cond[k], null[k]) for k in ("ids", "mask")}
+        return torch.where(keep, cond, null)
+
+    def condition(self, batch: dict):
+        """The condition a batch carries: text tokens, labels, or None."""
+        if self.is_text:
+            return {"ids": batch["ids"], "mask": batch["mask"]}
+        return batch["y"] if self.hparams.num_classes else None
+
+    def encode_prompts(self, prompts: list[str], max_len: int = 24) -> dict:
+        """Prompts -> the text condition ``{"ids", "mask"}`` on the module's device."""
+        if not self.is_text:
+            raise ValueError("this model is not text-conditional")
+        ids, mask = self.tokenizer.encode(prompts, max_len=max_len)
+        return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
@@ -76,16 +112,14 @@ class DiffusionModule(pl.LightningModule):
     # --- training -----------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
-        y = self.drop(batch["y"]) if self.hparams.num_classes else None
-        loss = self.diffusion.loss(self.net, batch["x"], y)
+        loss = self.diffusion.loss(self.net, batch["x"], self.drop(self.condition(batch)))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         # Fixed times and noise, so the validation loss is comparable across steps.
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        y = batch["y"] if self.hparams.num_classes else None
-        self.log("val/loss", self.diffusion.loss(self.net, batch["x"], y, generator=g), prog_bar=True)
+        self.log("val/loss", self.diffusion.loss(self.net, batch["x"], self.condition(batch), generator=g), prog_bar=True)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -106,25 +140,31 @@ class DiffusionModule(pl.LightningModule):
         return self.__dict__["_vae"]
 
     @torch.no_grad()
-    def sample(self, shape: tuple[int, ...], labels: torch.Tensor | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
-        """Samples in the model's own space (pixels or scaled latents). ``kwargs`` go to
+    def sample(self, shape: tuple[int, ...], cond=None, seed: int = 0, **kwargs) -> torch.Tensor:
+        """Samples in the model's own space (pixels or scaled latents). ``cond``: labels
+        ``(B,)``, prompts (a list of strings) or a text condition dict. ``kwargs`` go to
         :func:`sora_edu.diffusion.sample` (sampler, steps, eta, guidance, chain)."""
         was_training = self.training
         self.eval()
         g = torch.Generator(device=self.device).manual_seed(seed)
-        labels = labels.to(self.device) if labels is not None else None
+        if isinstance(cond, (list, tuple)):
+            cond = self.encode_prompts(list(cond))
+        elif isinstance(cond, dict):
+            cond = {k: v.to(self.device) for k, v in cond.items()}
+        elif cond is not None:
+            cond = cond.to(self.device)
         kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
         kwargs.setdefault("clip", self.hparams.clip)
-        null = self.null(shape[0]) if labels is not None else None
-        out = sample(self.diffusion, self.net, shape, labels, null_cond=null, generator=g, device=self.device, **kwargs)
+        null = self.null(shape[0], like=cond if isinstance(cond, dict) else None) if cond is not None else None
+        out = sample(self.diffusion, self.net, shape, cond, null_cond=null, generator=g, device=self.device, **kwargs)
         self.train(was_training)
         return out
 
     @torch.no_grad()
-    def generate(self, shape: tuple[int, ...], labels: torch.Tensor | None = None, frames: int | None = None,
+    def generate(self, shape: tuple[int, ...], cond=None, frames: int | None = None,
                  seed: int = 0, **kwargs) -> torch.Tensor:
         """Samples as data: pixels as they are, latents decoded by the VAE (to ``frames``)."""
-        x = self.sample(shape, labels, seed, **kwargs)
+        x = self.sample(shape, cond, seed, **kwargs)
         if self.vae is None:
             return x.clamp(-1, 1)
         return self.vae.decode(x / self.vae.scale_factor, frames).clamp(-1, 1)
@@ -185,7 +225,7 @@ class LatentVideoDataModule(pl.LightningDataModule):
 
 
 class SampleLogger(pl.Callback):
-    """Every ``every_n_steps``, draw one sample per class (seeded, so frames of the same
+    """Every ``every_n_steps``, draw one sample per class or example prompt (seeded, so frames of the same
     sample can be compared across steps) and keep it in ``samples`` as ``(step, data)``;
     with a logger, also write a tiled ``samples/step_NNNNNN.png`` (images) or ``.mp4``
     (videos) in the run's log folder. ``kwargs`` go to the sampler (default: DDIM, 25 steps)."""
@@ -212,10 +252,13 @@ class SampleLogger(pl.Callback):
     @torch.no_grad()
     def draw(self, trainer, pl_module: DiffusionModule) -> None:
         n = pl_module.hparams.num_classes
-        labels = torch.arange(n) if n else None
-        count = n or 8
+        if pl_module.is_text:  # the data module's example prompts (seen and held-out ones)
+            cond = list(trainer.datamodule.example_prompts)
+            count = len(cond)
+        else:
+            cond, count = (torch.arange(n), n) if n else (None, 8)
         frames = getattr(getattr(trainer.datamodule, "hparams", {}), "get", lambda k, d=None: d)("frames")
-        x = pl_module.generate((count, *self._shape), labels, frames=frames, seed=self.seed, **self.kwargs).cpu()
+        x = pl_module.generate((count, *self._shape), cond, frames=frames, seed=self.seed, **self.kwargs).cpu()
         self.samples.append((trainer.global_step, x))
         if trainer.logger is not None and trainer.log_dir:
             video = x if x.ndim == 5 else x[:, :, None]  # images as one-frame videos

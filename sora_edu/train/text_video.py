@@ -1,0 +1,324 @@
+"""Text-to-video on the Shapes world: the data, the held-out combinations, the evaluation.
+
+The world for text-to-video (:data:`T2V_WORLD`) has one object per video, no walls or
+camera pans, 4 shapes x 6 colours x 2 sizes x 5 motions x 5 backgrounds = 1200 prompts.
+A few (shape, colour, motion) combinations (:data:`HELD_OUT`) never appear in training,
+whatever the size and background, so a model that writes them has *composed* attributes it
+only saw apart: the compositional generalisation the Sora report claims at scale.
+
+Captions are the world's detailed captions ("a small red circle moves left across a navy
+background"), the recaptioned kind Sora trains on; ``captions="alt_text"`` trains on the
+short, noisy alt-text instead (notebook 08's experiment).
+
+Layouts: video ``(B, 3, T, H, W)`` in [-1, 1]; latents ``(B, z, T', H', W')`` scaled by the
+VAE's ``scale_factor``; batches ``{"x": latents, "ids": (B, L), "mask": (B, L)}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.worlds import BACKGROUNDS, ShapesWorld, WorldConfig
+from ..eval.world_score import adherence
+
+T2V_WORLD = WorldConfig(
+    shapes=("circle", "square", "triangle", "cross"),
+    colours=("red", "green", "blue", "yellow", "purple", "white"),
+    sizes=("small", "large"),
+    motions=("left", "right", "up", "down", "still"),
+    backgrounds=tuple(BACKGROUNDS),
+    min_objects=1, max_objects=1, p_occluder=0.0, p_pan=0.0,
+)
+# (shape, colour, motion) never trained on; every value still appears in other combinations.
+HELD_OUT: tuple[tuple[str, str, str], ...] = (
+    ("circle", "red", "left"), ("circle", "yellow", "down"),
+    ("square", "green", "right"), ("square", "purple", "still"),
+    ("triangle", "blue", "up"), ("triangle", "white", "left"),
+    ("cross", "yellow", "right"), ("cross", "red", "down"),
+)
+_ENDLESS = 10**9  # the world's index space; only the first few thousand scenes are ever drawn
+
+
+def asked(scene) -> dict:
+    """The attributes a one-object scene's detailed caption names."""
+    o = scene.objects[0]
+    return {"shape": o.shape, "colour": o.colour, "size": o.size, "motion": o.motion, "background": scene.background}
+
+
+def is_held_out(attributes: dict) -> bool:
+    return (attributes["shape"], attributes["colour"], attributes["motion"]) in HELD_OUT
+
+
+def scene_indices(world: ShapesWorld, n: int, held_out: bool) -> list[int]:
+    """The first ``n`` scene indices of ``world`` whose combination is (not) held out.
+    Scenes are drawn without rendering, so this is cheap."""
+    out, i = [], 0
+    while len(out) < n:
+        if is_held_out(asked(world.scene(i)[0])) == held_out:
+            out.append(i)
+        i += 1
+    return out
+
+
+def held_out_prompts(n: int, frames: int = 16, height: int = 64, width: int = 64, seed: int = 0) -> list:
+    """``n`` scenes with held-out combinations (cycling through :data:`HELD_OUT`, random size,
+    background and path): the ground truth of held-out prompts."""
+    scenes = []
+    for k in range(n):
+        shape, colour, motion = HELD_OUT[k % len(HELD_OUT)]
+        world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD, shape=shape, colour=colour, motion=motion)
+        scenes.append(world.scene(k)[0])
+    return scenes
+
+
+def evaluation_prompts(n: int, split: str = "seen", frames: int = 16, height: int = 64, width: int = 64,
+                       seed: int = 20_000) -> tuple[list[str], list[dict]]:
+    """``n`` prompts (detailed captions) and the attributes each asks for, from combinations
+    seen in training (``split="seen"``, a seed no training set uses) or held out."""
+    if split == "seen":
+        world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD)
+        scenes = [world.scene(i)[0] for i in scene_indices(world, n, held_out=False)]
+    elif split == "held_out":
+        scenes = held_out_prompts(n, frames, height, width, seed)
+    else:
+        raise ValueError(f"split must be 'seen' or 'held_out', got {split!r}")
+    return [s.caption() for s in scenes], [asked(s) for s in scenes]
+
+
+def complete_prompt(prompt: str, seed: int = 0, frames: int = 16, height: int = 64, width: int = 64) -> tuple[str, dict]:
+    """A short prompt ("a red circle moves left") -> a detailed caption of the training
+    grammar, and the attributes the *prompt* named (what adherence is scored on).
+
+    Attributes the prompt leaves out (size, background, ...) are drawn at random (seeded),
+    so the model sees captions like those it was trained on. This is prompt upsampling by
+    rule; notebook 08 learns it. Words the world does not know are ignored (and listed in
+    the error when nothing known is left); naming a value outside the text-to-video world
+    (a diamond, a bounce) raises.
+    """
+    from ..data.worlds import COLOURS, MOTIONS, SHAPES, SIZES
+    from ..models.text import words
+
+    said = words(prompt)
+    synonyms = {"big": "large", "little": "small", "tiny": "small", "grey": "gray", "stays": "still",
+                "bounces": "bounce", "bouncing": "bounce"}
+    said = [synonyms.get(w, w) for w in said]
+    named: dict[str, str] = {}
+    for i, w in enumerate(said):
+        if w in BACKGROUNDS and (w not in COLOURS or said[i + 1:i + 2] == ["background"]):
+            key = "background"  # "white" is a colour; "a navy background" names a background
+        elif w in COLOURS:
+            key = "colour"
+        elif w in SHAPES:
+            key = "shape"
+        elif w in SIZES:
+            key = "size"
+        elif w in MOTIONS:
+            key = "motion"
+        else:
+            continue
+        named.setdefault(key, w)
+    if not named:
+        raise ValueError(f"the prompt {prompt!r} names nothing this world knows: say a shape ({', '.join(T2V_WORLD.shapes)}), "
+                         f"a colour ({', '.join(T2V_WORLD.colours)}), a motion ({', '.join(T2V_WORLD.motions)}), ...")
+    allowed = {"shape": T2V_WORLD.shapes, "colour": T2V_WORLD.colours, "size": T2V_WORLD.sizes,
+               "motion": T2V_WORLD.motions, "background": T2V_WORLD.backgrounds}
+    for key, value in named.items():
+        if value not in allowed[key]:
+            raise ValueError(f"the text-to-video world has no {key} {value!r}; it knows {', '.join(allowed[key])}")
+    world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD, **named)
+    scene = world.scene(0)[0]
+    return scene.caption(), named
+
+
+@functools.lru_cache(maxsize=4)
+def world_prompts(frames: int = 16, height: int = 64, width: int = 64) -> tuple[tuple[str, ...], tuple[dict, ...]]:
+    """Every detailed caption of the text-to-video world (1200) and its attributes."""
+    import itertools
+
+    captions, attributes = [], []
+    w = T2V_WORLD
+    for shape, colour, size, motion, background in itertools.product(w.shapes, w.colours, w.sizes, w.motions,
+                                                                     w.backgrounds):
+        a = {"shape": shape, "colour": colour, "size": size, "motion": motion, "background": background}
+        captions.append(ShapesWorld(1, frames, height, width, 0, T2V_WORLD, **a).scene(0)[0].caption())
+        attributes.append(a)
+    return tuple(captions), tuple(attributes)
+
+
+@torch.no_grad()
+def clip_adherence(clip, latents: torch.Tensor, wanted: Sequence[dict], batch_size: int = 256) -> dict:
+    """The retrieval judge: each video's attributes are those of the world caption its CLIP
+    embedding matches best (of all 1200); scored against ``wanted`` like the world-truth
+    scorer (per attribute, and ``"all"``). ``latents``: scaled VAE latents ``(B, z, T', H', W')``."""
+    from ..models.text import WordTokenizer
+
+    captions, attributes = world_prompts()
+    ids, mask = WordTokenizer.for_world().encode(list(captions), max_len=24)
+    device = next(clip.parameters()).device
+    text = torch.cat([clip.encode_text(i.to(device), m.to(device)) for i, m in zip(ids.split(batch_size), mask.split(batch_size))])
+    video = torch.cat([clip.encode_video(x.to(device)) for x in latents.split(batch_size)])
+    best = (video @ text.T).argmax(1).tolist()
+    rows = [{k: attributes[j][k] == v for k, v in a.items()} for j, a in zip(best, wanted)]
+    for r in rows:
+        r["all"] = all(r.values())
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+class _Latents(Dataset):
+    def __init__(self, latents: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.latents, self.ids, self.mask = latents, ids, mask
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int):
+        return self.latents[i], self.ids[i], self.mask[i]
+
+
+class TextVideoDataModule(pl.LightningDataModule):
+    """Captioned one-object Shapes-world videos, encoded once by a cached autoencoder.
+
+    Args:
+        vae, vae_overrides: the cached autoencoder config (trained in ``prepare_data`` if absent).
+        num_train, num_val: videos rendered and encoded (held-out combinations never among them).
+        frames, height, width: video size.
+        batch_size: training batch.
+        captions: ``"detailed"`` (ground truth) or ``"alt_text"`` (short, noisy).
+        max_len: token length of the captions (the grammar's longest one-object caption is ~16).
+        seed: world seed of the training set (validation uses ``seed + 10_000``).
+    """
+
+    def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
+                 num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
+                 captions: str = "detailed", max_len: int = 24, seed: int = 0) -> None:
+        super().__init__()
+        if captions not in ("detailed", "alt_text"):
+            raise ValueError(f"captions must be 'detailed' or 'alt_text', got {captions!r}")
+        self.save_hyperparameters()
+        self.example_prompts = evaluation_prompts(4, "seen", frames, height, width)[0] + \
+            evaluation_prompts(4, "held_out", frames, height, width)[0]
+
+    def prepare_data(self) -> None:
+        from .cached import load_or_train_vae
+
+        load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
+
+    @torch.no_grad()
+    def _encode(self, n: int, seed: int) -> _Latents:
+        from ..models.text import WordTokenizer
+
+        hp = self.hparams
+        world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
+        indices = scene_indices(world, n, held_out=False)
+        latents, texts = [], []
+        for start in range(0, n, 64):
+            samples = world.samples(indices[start:start + 64])
+            video = torch.stack([s.video for s in samples])
+            latents.append(self.vae.encode(video) * self.vae.scale_factor)
+            texts += [s.caption if hp.captions == "detailed" else s.alt_text for s in samples]
+        ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
+        return _Latents(torch.cat(latents), ids, mask)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        from .cached import load_or_train_vae
+
+        hp = self.hparams
+        self.vae = load_or_train_vae(hp.vae, *(hp.vae_overrides or []), verbose=False).eval()
+        start = time.perf_counter()
+        self.train_set = self._encode(hp.num_train, hp.seed)
+        self.val_set = self._encode(hp.num_val, hp.seed + 10_000)
+        self.encode_seconds = time.perf_counter() - start
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """``(z, T', H', W')`` of one video's latent."""
+        return tuple(self.train_set.latents.shape[1:])
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=g)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, ids, mask = batch
+        return {"x": x, "ids": ids, "mask": mask}
+
+
+@torch.no_grad()
+def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 64, width: int = 64,
+                           splits: Sequence[str] = ("seen", "held_out"), batch_size: int = 32, seed: int = 0,
+                           **sampling) -> dict:
+    """Generate ``n`` videos per split from evaluation prompts and score them with the
+    world-truth scorer: ``{split: {attribute: accuracy, ..., "all": fully correct}}``.
+    ``sampling`` goes to the sampler (steps, guidance, ...)."""
+    vae = module.vae
+    shape = (vae.z_channels, vae.latent_frames(frames), height // vae.space_factor, width // vae.space_factor)
+    out = {}
+    for split in splits:
+        prompts, wanted = evaluation_prompts(n, split, frames, height, width)
+        videos = torch.cat([
+            module.generate((len(p), *shape), p, frames=frames, seed=seed + i, **sampling).cpu()
+            for i, p in enumerate(prompts[j:j + batch_size] for j in range(0, n, batch_size))])
+        out[split] = adherence(videos, wanted)
+    return out
+
+
+class AdherenceCurve(pl.Callback):
+    """Every ``every_n_steps`` (and at the end), score ``n`` generations per split with the
+    EMA weights (when an :class:`~sora_edu.train.callbacks.EMA` callback runs) and log
+    ``adherence/{split}_{attribute}`` plus ``adherence/train_minutes``: training time so
+    far *without* the time spent here, so the curve is fully-correct vs training minutes.
+    A watcher: it does not change the weights (nor the cache key)."""
+
+    def __init__(self, every_n_steps: int = 500, n: int = 48, steps: int = 20, guidance: float = 4.0) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.n, self.sampling = every_n_steps, n, {"steps": steps, "guidance": guidance}
+        self.rows: list[dict] = []
+        self._start = self._spent = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start, self._spent = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
+            self.measure(trainer, pl_module)
+
+    def measure(self, trainer, pl_module) -> None:
+        from .callbacks import EMA
+
+        begin = time.perf_counter()
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA) and c.ema is not None), None)
+        if ema is not None:
+            ema._swap_in(pl_module)
+        hp = trainer.datamodule.hparams
+        result = evaluate_text_to_video(pl_module, self.n, hp.frames, hp.height, hp.width, **self.sampling)
+        if ema is not None:
+            ema._swap_out(pl_module)
+        row = {"step": trainer.global_step, "train_minutes": (begin - self._start - self._spent) / 60}
+        row.update({f"{split}_{k}": v for split, scores in result.items() for k, v in scores.items()})
+        self.rows.append(row)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"adherence/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        self._spent += time.perf_counter() - begin
+        attributes = ", ".join(f"{k} {v:.0%}" for k, v in result["seen"].items() if k not in ("all", "present"))
+        print(f"step {row['step']} ({row['train_minutes']:.1f} min): fully correct seen {row['seen_all']:.0%}, "
+              f"held-out {row['held_out_all']:.0%} (seen: {attributes})", flush=True)
+
+
+__all__ = ["AdherenceCurve", "HELD_OUT", "T2V_WORLD", "TextVideoDataModule", "asked", "clip_adherence", "complete_prompt", "evaluate_text_to_video", "evaluation_prompts",
+           "held_out_prompts", "is_held_out", "scene_indices", "world_prompts"]
