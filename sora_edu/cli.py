@@ -64,6 +64,16 @@ def worlds(n: int = 100, out: str = "sora_edu_worlds", frames: int = 16, height:
     return folder
 
 
+def _smoke_overrides() -> list[str]:
+    """In smoke mode, text-to-video configs train for seconds on a few videos."""
+    if not smoke():
+        return []
+    vae = ["--trainer.max_steps=10", "--data.init_args.num_val=4"]
+    return ["--trainer.max_steps=10", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
+            "--data.init_args.batch_size=16", f"--model.init_args.vae_overrides={vae}",
+            f"--data.init_args.vae_overrides={vae}", "--trainer.callbacks=[]"]
+
+
 def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[str]):
     """The text-to-video module of ``config``: weights from a Lightning ``checkpoint``
     (what ``sora-edu fit`` writes), else from the cache (trained now if absent)."""
@@ -82,7 +92,7 @@ def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[st
 def _write_samples(module, prompt: str, n: int, frames: int, height: int, width: int, seed: int, guidance: float,
                    steps: int, folder: Path, name: str) -> dict:
     from .eval.world_score import adherence
-    from .train.text_video import complete_prompt
+    from .train.text_video import T2V_VOCABULARY, complete_prompt
     from .viz import save_video, tile
 
     vae = module.vae
@@ -100,7 +110,7 @@ def _write_samples(module, prompt: str, n: int, frames: int, height: int, width:
     movie = save_video(folder / f"{name}.mp4", videos[0], fps=8, scale=4)
     if n > 1:
         save_video(folder / f"{name}_all.mp4", tile(videos, min(n, 4)), fps=8, scale=4)
-    scores = adherence(videos, list(named))
+    scores = adherence(videos, list(named), **T2V_VOCABULARY)
     shown = ", ".join(f"{k} {v:.0%}" for k, v in scores.items() if k != "all")
     print(f"adherence (world-truth scorer, attributes the prompt names): fully correct {scores['all']:.0%} ({shown})")
     print(f"video: {movie.resolve()}")
@@ -121,20 +131,15 @@ def demo(prompt: str = "a red circle moves left", out: str = "sora_edu_demo", n:
         guidance: classifier-free guidance scale.
         steps: sampler steps (Euler, rectified flow).
     """
-    overrides = []
     if smoke():
-        vae = ["--trainer.max_steps=10", "--data.init_args.num_val=4"]
-        overrides = ["--trainer.max_steps=10", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
-                     "--data.init_args.batch_size=16", f"--model.init_args.vae_overrides={vae}",
-                     f"--data.init_args.vae_overrides={vae}", "--trainer.callbacks=[]"]
         n, steps = min(n, 2), min(steps, 4)
-    module = _text_to_video_model("t2v_demo", None, overrides)
+    module = _text_to_video_model("t2v_demo", None, _smoke_overrides())
     folder = Path(out)
     _write_samples(module, prompt, n, 16, 64, 64, seed, guidance, steps, folder, "demo")
     return folder
 
 
-def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, config: str = "t2v",
+def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, model: str = "t2v",
            checkpoint: str | None = None, out: str = "sora_edu_sample", n: int = 1, seed: int = 0,
            guidance: float = 4.0, steps: int = 20) -> Path:
     """Sample a text-to-video model at any size it supports (widescreen, vertical, longer).
@@ -144,16 +149,16 @@ def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, con
         frames: video length (frames >= 1; 1 is an image).
         height: frame height (a multiple of the VAE's compression times the DiT's patch: 16).
         width: frame width (same rule).
-        config: the model's config (``t2v``, ``t2v_demo`` or a YAML file).
-        checkpoint: a Lightning checkpoint written by ``sora-edu fit --config CONFIG``; without
-            it, the model ``CONFIG`` trains is loaded from the cache (trained now if absent).
+        model: the model's config (``t2v``, ``t2v_demo`` or a YAML file).
+        checkpoint: a Lightning checkpoint written by ``sora-edu fit --config MODEL``; without
+            it, the model ``MODEL`` trains is loaded from the cache (trained now if absent).
         out: output folder (``sample.mp4``).
         n: samples drawn.
         seed: sampling seed.
         guidance: classifier-free guidance scale.
         steps: sampler steps.
     """
-    module = _text_to_video_model(config, checkpoint, [])
+    module = _text_to_video_model(model, checkpoint, _smoke_overrides())
     folder = Path(out)
     _write_samples(module, prompt, n, frames, height, width, seed, guidance, steps, folder, "sample")
     return folder

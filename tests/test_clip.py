@@ -10,12 +10,16 @@ def test_contrastive_loss_is_low_for_matching_pairs_and_shares_duplicates():
     eye = torch.eye(4) * 20
     assert contrastive_loss(eye) < 1e-6
     assert contrastive_loss(eye.flip(0)) > 10
-    # two identical captions: both pairings are right, so a tie between them costs log 2, not more
+    # two identical captions: both pairings are right, so a tie between them is the optimum
+    # (zero gradient); without `same`, the loss pushes the equally true pair apart
     same = torch.eye(4, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True
-    tie = eye.clone()
-    tie[0, 1] = tie[1, 0] = 20
-    assert contrastive_loss(tie, same) < contrastive_loss(tie) and contrastive_loss(tie, same) < 0.5
+    for marks, pushed in ((same, False), (None, True)):
+        tie = eye.clone()
+        tie[0, 1] = tie[1, 0] = 20
+        tie.requires_grad_(True)
+        contrastive_loss(tie, marks).backward()
+        assert (tie.grad[0, 1] > 1e-3) == pushed, tie.grad
     with pytest.raises(ValueError, match=r"square logits \(N, N\)"):
         contrastive_loss(torch.zeros(3, 4))
 

@@ -44,9 +44,9 @@ def test_q_sample_matches_the_closed_form():
 def test_each_objective_target_and_its_inverse(objective):
     d = Diffusion(objective)
     x0, noise = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    t = torch.tensor([0.1, 0.5, 0.7, 0.9]) if objective == "flow" else torch.tensor([3, 300, 600, 900])
+    t = torch.tensor([0.1, 0.5, 0.7, 0.9]) if d.is_flow else torch.tensor([3, 300, 600, 900])
     target = d.target(x0, noise, t)
-    expected = {"eps": noise, "x0": x0, "flow": noise - x0}
+    expected = {"eps": noise, "x0": x0, "flow": noise - x0, "flow_x0": x0}
     if objective == "v":
         a = d.schedule.alpha_bar[t].reshape(4, 1, 1, 1)
         expected["v"] = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -69,7 +69,7 @@ def oracle(d: Diffusion, x0: torch.Tensor):
 
 @pytest.mark.parametrize("objective,sampler,steps", [("eps", "ddpm", 250), ("eps", "ddpm", 1000), ("eps", "ddim", 25),
                                                      ("v", "ddim", 10), ("x0", "ddpm", 50), ("flow", "euler", 10),
-                                                     ("flow", "heun", 5)])
+                                                     ("flow", "heun", 5), ("flow_x0", "euler", 10)])
 def test_a_sampler_with_an_oracle_denoiser_returns_x0(objective, sampler, steps):
     d = Diffusion(objective)
     x0 = torch.rand(2, 3, 4, 4) * 2 - 1

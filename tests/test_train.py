@@ -2,6 +2,7 @@
 
 Learning claims run at tiny sizes with seeded thresholds (measured: see each test)."""
 
+import os
 import subprocess
 import sys
 
@@ -134,17 +135,28 @@ def test_cli_print_config_shows_the_full_config(capsys):
         assert key in out
 
 
-def test_cli_fit_runs_from_the_command_line(tmp_path):
+def test_cli_fit_runs_from_the_command_line(tmp_path, monkeypatch):
     """The README's `sora-edu fit --config ...`, as a real process, a few steps."""
     cmd = [sys.executable, "-m", "sora_edu.cli", "fit", "--config", "vit_digits.yaml", "--trainer.max_epochs=1",
            "--data.init_args.num_train=128",
            "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}",
            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    env = {**os.environ, "SORA_EDU_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = list(tmp_path.glob("vit_digits/version_*/metrics.csv"))
     assert metrics and "val/acc" in metrics[0].read_text()
     assert list(tmp_path.glob("**/*.ckpt")), "a checkpoint is written"
+    # ... and the fitted model is in the cache, where notebooks find it
+    assert "cached the fitted model" in result.stdout
+    import json
+
+    from sora_edu.train.cached import cached_path
+
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path / "cache"))
+    path = cached_path("vit_digits", "--trainer.max_epochs=1", "--data.init_args.num_train=128")
+    record = json.loads((path / "config.json").read_text())
+    assert (path / "model.safetensors").exists() and record["history"] and record["train_seconds"] > 0
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in config_path("vit_digits").parent.glob("*.yaml")))

@@ -111,3 +111,29 @@ def test_cli_gallery_writes_a_gallery(tmp_path, capsys):
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n must be >= 1"):
         cli.worlds(n=0, out=str(tmp_path))
+
+
+def test_cli_demo_and_sample_run_end_to_end_in_smoke_mode(tmp_path):
+    """`sora-edu demo` trains (tiny, in smoke mode) and caches a text-to-video model, writes
+    demo.mp4 and prints adherence; `sora-edu sample` reuses the cached model at another size."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SORA_EDU_SMOKE": "1", "SORA_EDU_CACHE": str(tmp_path / "cache")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "sora_edu.cli", *args], env=env, cwd=tmp_path,  # noqa: E731
+                                       capture_output=True, text=True, timeout=600)
+    demo = run("demo", "--prompt", "a red circle moves left", "--out", str(tmp_path / "demo"))
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "adherence (world-truth scorer" in demo.stdout and "fully correct" in demo.stdout
+    assert "a small red circle moves left" in demo.stdout or "a large red circle moves left" in demo.stdout
+    video = read_video(tmp_path / "demo" / "demo.mp4")
+    assert video.shape[1:] == (16, 256, 256)  # 16 frames, 64x64 scaled 4x
+    sample = run("sample", "--prompt", "a blue square", "--model", "t2v_demo", "--frames", "9", "--height", "32",
+                 "--width", "64", "--out", str(tmp_path / "sample"))
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert "loaded t2v_demo from the cache" in sample.stdout
+    assert read_video(tmp_path / "sample" / "sample.mp4").shape[1:] == (9, 128, 256)
+    bad = run("sample", "--prompt", "a blue square", "--model", "t2v_demo", "--height", "40", "--out", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "multiples of 16" in bad.stderr
+    assert not (tmp_path / "config.yaml").exists()  # building a model never litters the working directory

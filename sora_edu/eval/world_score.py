@@ -13,9 +13,9 @@ one object it estimates every attribute a prompt can name and compares:
 * **motion**: the centroid track: still (it barely moves), left / right / up / down (one
   axis moves), bounce (both axes move: the world's bounces are diagonal).
 
-A world that uses fewer shapes or colours than the renderer knows (the text-to-video world
-does) passes them as ``shapes=`` / ``colours=``: the scorer then chooses among those only,
-as any closed-set judge would.
+A world that uses fewer shapes, colours or motions than the renderer knows (the
+text-to-video world does) passes them as ``shapes=`` / ``colours=`` / ``motions=``: the
+scorer then chooses among those only, as any closed-set judge would.
 
 Layout: ``video (3, T, H, W)`` in [-1, 1]. Validated on renders in ``tests/test_eval.py``.
 """
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from ..data.worlds import BACKGROUNDS, COLOURS, SHAPES, SIZES, _sdf
+from ..data.worlds import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SIZES, _sdf
 
 ATTRIBUTES = ("present", "shape", "colour", "size", "motion", "background")
 
@@ -59,9 +59,9 @@ def _templates(ys: torch.Tensor, xs: torch.Tensor, cy: float, cx: float, shapes:
 
 @torch.no_grad()
 def describe(video: torch.Tensor, min_area: float = 4.0, shapes: Sequence[str] = SHAPES,
-             colours: Sequence[str] = tuple(COLOURS)) -> dict:
+             colours: Sequence[str] = tuple(COLOURS), motions: Sequence[str] = MOTIONS) -> dict:
     """Estimate the attributes of the (single) object in ``video (3, T, H, W)`` in [-1, 1],
-    choosing among ``shapes`` and ``colours``."""
+    choosing among ``shapes``, ``colours`` and ``motions``."""
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f"expected one video (3, T, H, W) in [-1, 1], got shape {tuple(video.shape)}")
     rgb = ((video.float() + 1) / 2).clamp(0, 1)
@@ -97,29 +97,38 @@ def describe(video: torch.Tensor, min_area: float = 4.0, shapes: Sequence[str] =
         for key, value in zip(keys, best.tolist()):
             votes[key] = votes.get(key, 0.0) + value
     out["shape"], out["size"] = max(votes, key=votes.get)
-    out["motion"] = _motion([p for p in track if p is not None], min(height, width))
+    out["motion"] = _motion([p for p in track if p is not None], min(height, width), motions)
     out["track"] = track
     return out
 
 
-def _motion(track: Sequence[tuple[float, float]], side: int) -> str:
+def _motion(track: Sequence[tuple[float, float]], side: int, motions: Sequence[str] = MOTIONS) -> str:
+    """Read a motion off a centroid track, choosing among ``motions``. Thresholds leave room
+    for a generated object's wobble: the world's movers travel >= ~0.4 of the frame's side,
+    so a range under 0.1 of it is "still"; "bounce" (diagonal in this world) needs both
+    axes to move, the lesser by at least a quarter of the greater."""
     ys = torch.tensor([p[0] for p in track])
     xs = torch.tensor([p[1] for p in track])
-    still = 0.03 * side  # the world's movers travel >= ~0.3 of a side over a clip
+    still = 0.1 * side
     range_x, range_y = float(xs.max() - xs.min()), float(ys.max() - ys.min())
-    if range_x < still and range_y < still:
+    major, minor = max(range_x, range_y), min(range_x, range_y)
+    if major < still and "still" in motions:
         return "still"
-    if range_x >= still and range_y >= still:
+    if "bounce" in motions and minor >= max(still, 0.25 * major):
         return "bounce"
+    # The direction of travel: the slope of a least-squares line through the track.
+    time = torch.arange(len(xs), dtype=torch.float32)
+    time = time - time.mean()
+    slope_x, slope_y = float((time * (xs - xs.mean())).sum()), float((time * (ys - ys.mean())).sum())
     if range_x >= range_y:
-        return "right" if xs[-1] > xs[0] else "left"
-    return "down" if ys[-1] > ys[0] else "up"
+        return "right" if slope_x > 0 else "left"
+    return "down" if slope_y > 0 else "up"
 
 
 def score(video: torch.Tensor, asked: dict, **vocabulary) -> dict:
     """Per attribute the prompt names (keys of ``asked`` among shape, colour, size, motion,
     background): was it right? Plus ``present`` and ``all`` (every named one right).
-    ``vocabulary`` (``shapes=``, ``colours=``) goes to :func:`describe`."""
+    ``vocabulary`` (``shapes=``, ``colours=``, ``motions=``) goes to :func:`describe`."""
     seen = describe(video, **vocabulary)
     unknown = set(asked) - set(ATTRIBUTES)
     if unknown:

@@ -176,13 +176,18 @@ class SpacetimeDiT(nn.Module):
             this vocabulary (trained jointly), or None. At most one of the two.
         text_dim, text_depth: the text encoder's width and depth.
         text_cross_attention: cross-attend to the text tokens (else pooled text in adaLN only).
+        head: ``"linear"`` (DiT: each token's output is a linear map to its patch) or
+            ``"conv"`` (U-ViT, arXiv 2209.12152: the linear map gives ``head_channels``
+            features per latent position, then two 3x3 convolutions that also see the noisy
+            input ``x_t`` smooth patch seams and carry the noise through; negligible FLOPs).
         qk_norm: normalise queries and keys (stabler in bf16, as Open-Sora found).
     """
 
     def __init__(self, in_channels: int = 8, patch_size: Sequence[int] = (1, 2, 2), dim: int = 128, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, conditioning: str = "adaln_zero", attention: str = "full",
                  num_classes: int | None = None, vocab_size: int | None = None, text_dim: int = 128,
-                 text_depth: int = 2, text_cross_attention: bool = True, qk_norm: bool = False) -> None:
+                 text_depth: int = 2, text_cross_attention: bool = True, head: str = "linear", head_channels: int = 32,
+                 qk_norm: bool = False) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -207,7 +212,16 @@ class SpacetimeDiT(nn.Module):
         cross = self.text is not None and text_cross_attention and conditioning.startswith("adaln")
         self.blocks = nn.ModuleList(
             DiTBlock(dim, heads, mlp_ratio, conditioning, cross_attention=cross, qk_norm=qk_norm) for _ in range(depth))
-        self.final = FinalLayer(dim, math.prod(self.patch_size) * in_channels, conditioning.startswith("adaln"))
+        if head not in ("linear", "conv"):
+            raise ValueError(f"head must be 'linear' or 'conv', got {head!r}")
+        out = in_channels if head == "linear" else head_channels
+        self.final = FinalLayer(dim, math.prod(self.patch_size) * out, conditioning.startswith("adaln"))
+        self.head = None
+        if head == "conv":
+            self.head = nn.Sequential(nn.Conv3d(head_channels + in_channels, head_channels, (1, 3, 3), padding=(0, 1, 1)),
+                                      nn.SiLU(), nn.Conv3d(head_channels, in_channels, (1, 3, 3), padding=(0, 1, 1)))
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
         self._positions: dict[tuple[int, int, int], torch.Tensor] = {}
 
     # --- pieces -----------------------------------------------------------------------------
@@ -277,8 +291,9 @@ class SpacetimeDiT(nn.Module):
                     maps.append(self._attention_map(block, h, c, groups))
                 h = block(h, c, text_ctx, text_mask, groups)
         h = h[:, -n:]
-        out = unpatchify(self.final(h, c), self.patch_size, (gt * self.patch_size[0], gh * self.patch_size[1],
-                                                             gw * self.patch_size[2]))
+        out = unpatchify(self.final(h, c), self.patch_size, x.shape[-3:])
+        if self.head is not None:
+            out = self.head(torch.cat([out, x], dim=1))
         return (out, maps) if attention_maps else out
 
     def _groups(self, i: int, gt: int, gh: int, gw: int):

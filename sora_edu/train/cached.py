@@ -27,6 +27,8 @@ QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--tr
 
 def _key(cli) -> tuple[dict, str]:
     cfg = cli.config.as_dict()
+    if "model" not in cfg and "fit" in cfg:  # a `sora-edu fit` run: the config sits under its subcommand
+        cfg = cfg["fit"]
     trainer = cfg.get("trainer", {})
     weights_depend_on = {
         "model": cfg.get("model"), "data": cfg.get("data"), "seed": cfg.get("seed_everything"),
@@ -71,19 +73,31 @@ def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.Ligh
     cli.trainer.callbacks.append(history)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
-    extra = {"train_seconds": time.perf_counter() - start}
+    save_fitted(cli, path, time.perf_counter() - start)
+    if verbose:
+        print(f"trained {config} in {cli.model.record['train_seconds']:.0f} s and cached it: {path}")
+    return cli.model.eval()
+
+
+def save_fitted(cli, path: Path | None = None, seconds: float | None = None) -> Path:
+    """Cache the model a CLI has just fitted under its config's key (what ``sora-edu fit``
+    calls when a run completes, so notebooks and ``sora-edu sample`` reuse it)."""
+    resolved, key = _key(cli)
+    if path is None:
+        name = (cli.config.get("fit") or cli.config).get("config")
+        path = _path(Path(str(name[0] if isinstance(name, list) else name)).stem, key)
+    history = next((c for c in cli.trainer.callbacks if isinstance(c, History)), None)
+    extra = {"train_seconds": seconds}
     if hasattr(cli.model, "compute_scale_factor"):
         extra["scale_factor"] = cli.model.compute_scale_factor(cli.datamodule.val_dataloader())
     extra["metrics"] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
-    extra["history"] = history.rows
+    extra["history"] = history.rows if history is not None else []
     for callback in cli.trainer.callbacks:
         if hasattr(callback, "rows") and callback is not history:  # e.g. an adherence curve
             extra[type(callback).__name__] = callback.rows
     save_checkpoint(cli.model, resolved, path, extra)
     cli.model.record = {"config": resolved, **extra}
-    if verbose:
-        print(f"trained {config} in {extra['train_seconds']:.0f} s and cached it: {path}")
-    return cli.model.eval()
+    return path
 
 
 def load_or_train_vae(config: str = "vae_kl", *overrides: str, verbose: bool = True):

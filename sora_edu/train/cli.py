@@ -41,19 +41,35 @@ def _resolve_configs(args: Sequence[str]) -> list[str]:
     return out
 
 
-def make_cli(args: Sequence[str] | None, run: bool = True) -> LightningCLI:
+def make_cli(args: Sequence[str] | None, run: bool = True, **kwargs) -> LightningCLI:
     # Built without running (notebooks, the cache): no config.yaml is written; with no
     # logger it would land in the working directory. The cache keeps the config itself.
     save = {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
     return LightningCLI(
         model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True,
-        args=_resolve_configs(list(args)) if args is not None else None, run=run, **save,
+        args=_resolve_configs(list(args)) if args is not None else None, run=run, **save, **kwargs,
     )
 
 
 def main(args: Sequence[str]) -> None:
-    """Entry point of ``sora-edu fit|validate|test|predict ...``."""
-    make_cli(args, run=True)
+    """Entry point of ``sora-edu fit|validate|test|predict ...``. A ``fit`` that runs to its
+    end from scratch also puts the model in the cache (``sora_edu.train.cached``), keyed by
+    its config, so notebooks, ``sora-edu sample`` and ``load_or_train`` reuse it."""
+    import time
+
+    from .callbacks import History
+
+    args = list(args)
+    fitting = bool(args) and args[0] == "fit" and not any(a.startswith("--ckpt_path") for a in args)
+    start = time.perf_counter()
+    cli = make_cli(args, run=True, **({"trainer_defaults": {"callbacks": [History()]}} if fitting else {}))
+    trainer = cli.trainer
+    finished = fitting and trainer.state.finished and not trainer.interrupted and trainer.is_global_zero
+    if finished and any(a.startswith("--config") for a in args):
+        from .cached import save_fitted
+
+        path = save_fitted(cli, seconds=time.perf_counter() - start)
+        print(f"cached the fitted model for notebooks and `sora-edu sample`: {path}")
 
 
 def from_config(name: str | Path, *overrides: str) -> LightningCLI:

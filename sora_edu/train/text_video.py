@@ -35,6 +35,8 @@ T2V_WORLD = WorldConfig(
     backgrounds=tuple(BACKGROUNDS),
     min_objects=1, max_objects=1, p_occluder=0.0, p_pan=0.0,
 )
+# The scorer judges among the world's own values (a closed-set judge, as any classifier is).
+T2V_VOCABULARY = {"shapes": T2V_WORLD.shapes, "colours": T2V_WORLD.colours, "motions": T2V_WORLD.motions}
 # (shape, colour, motion) never trained on; every value still appears in other combinations.
 HELD_OUT: tuple[tuple[str, str, str], ...] = (
     ("circle", "red", "left"), ("circle", "yellow", "down"),
@@ -184,6 +186,10 @@ class _Latents(Dataset):
 class TextVideoDataModule(pl.LightningDataModule):
     """Captioned one-object Shapes-world videos, encoded once by a cached autoencoder.
 
+    The latents are cached too (``SORA_EDU_CACHE/latents/text_video/KEY``, safetensors,
+    written atomically), so the DiT, CLIP and every notebook encode the same videos once:
+    fast-DiT's "latents once, not every step", one level up.
+
     Args:
         vae, vae_overrides: the cached autoencoder config (trained in ``prepare_data`` if absent).
         num_train, num_val: videos rendered and encoded (held-out combinations never among them).
@@ -211,19 +217,38 @@ class TextVideoDataModule(pl.LightningDataModule):
 
     @torch.no_grad()
     def _encode(self, n: int, seed: int) -> _Latents:
+        """Render and encode ``n`` training-split videos, or load them from the latent cache
+        (keyed by the VAE's cache key and everything that changes the videos)."""
+        import json
+
+        from safetensors.torch import load_file, save
+
+        from ..cache import cache_dir, config_hash
         from ..models.text import WordTokenizer
+        from ..viz import write_atomic
+        from .cached import cached_path
 
         hp = self.hparams
-        world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
-        indices = scene_indices(world, n, held_out=False)
-        latents, texts = [], []
-        for start in range(0, n, 64):
-            samples = world.samples(indices[start:start + 64])
-            video = torch.stack([s.video for s in samples])
-            latents.append(self.vae.encode(video) * self.vae.scale_factor)
-            texts += [s.caption if hp.captions == "detailed" else s.alt_text for s in samples]
-        ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
-        return _Latents(torch.cat(latents), ids, mask)
+        key = config_hash({"vae": cached_path(hp.vae, *(hp.vae_overrides or [])).name, "n": n, "seed": seed,
+                           "size": [hp.frames, hp.height, hp.width], "world": repr(T2V_WORLD), "held_out": HELD_OUT})
+        folder = cache_dir() / "latents" / "text_video" / key
+        if (folder / "captions.json").exists():
+            latents = load_file(str(folder / "latents.safetensors"))["latents"]
+            captions = json.loads((folder / "captions.json").read_text())
+        else:
+            world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
+            indices = scene_indices(world, n, held_out=False)
+            parts, captions = [], {"detailed": [], "alt_text": []}
+            for start in range(0, n, 64):
+                samples = world.samples(indices[start:start + 64])
+                parts.append(self.vae.encode(torch.stack([s.video for s in samples])) * self.vae.scale_factor)
+                captions["detailed"] += [s.caption for s in samples]
+                captions["alt_text"] += [s.alt_text for s in samples]
+            latents = torch.cat(parts).contiguous()
+            write_atomic(folder / "latents.safetensors", save({"latents": latents}))
+            write_atomic(folder / "captions.json", json.dumps(captions).encode())  # written last: the marker
+        ids, mask = WordTokenizer.for_world().encode(captions[hp.captions], max_len=hp.max_len)
+        return _Latents(latents, ids, mask)
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
@@ -269,7 +294,7 @@ def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 
         videos = torch.cat([
             module.generate((len(p), *shape), p, frames=frames, seed=seed + i, **sampling).cpu()
             for i, p in enumerate(prompts[j:j + batch_size] for j in range(0, n, batch_size))])
-        out[split] = adherence(videos, wanted)
+        out[split] = adherence(videos, wanted, **T2V_VOCABULARY)
     return out
 
 
@@ -320,5 +345,5 @@ class AdherenceCurve(pl.Callback):
               f"held-out {row['held_out_all']:.0%} (seen: {attributes})", flush=True)
 
 
-__all__ = ["AdherenceCurve", "HELD_OUT", "T2V_WORLD", "TextVideoDataModule", "asked", "clip_adherence", "complete_prompt", "evaluate_text_to_video", "evaluation_prompts",
+__all__ = ["AdherenceCurve", "HELD_OUT", "T2V_VOCABULARY", "T2V_WORLD", "TextVideoDataModule", "asked", "clip_adherence", "complete_prompt", "evaluate_text_to_video", "evaluation_prompts",
            "held_out_prompts", "is_held_out", "scene_indices", "world_prompts"]
