@@ -170,7 +170,26 @@ class DiffusionModule(pl.LightningModule):
         return self.vae.decode(x / self.vae.scale_factor, frames).clamp(-1, 1)
 
 
-class LatentVideoDataModule(pl.LightningDataModule):
+class EncodedDataModule(pl.LightningDataModule):
+    """What every data module of pre-encoded latents shares: the cached autoencoder named by
+    ``hparams.vae`` is trained in ``prepare_data`` (once per machine, before DDP ranks
+    start, so they never train it concurrently), and ``train_set`` / ``val_set`` are served
+    shuffled (seeded) and in order."""
+
+    def prepare_data(self) -> None:
+        from .cached import load_or_train_vae
+
+        load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=g)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256)
+
+
+class LatentVideoDataModule(EncodedDataModule):
     """Labelled one-object Shapes-world videos (``task="motion"`` or ``"shape"``), encoded
     once by a cached autoencoder and scaled by its ``scale_factor``: batches ``{"x": (B, z,
     T', H', W') latents, "y": (B,) labels}``. Encoding happens in ``setup`` (seconds), so
@@ -195,13 +214,6 @@ class LatentVideoDataModule(pl.LightningDataModule):
         latents = torch.cat([self.vae.encode(from_uint8(v)) for v in videos.split(64)]) * self.vae.scale_factor
         return TensorDataset(latents, labels)
 
-    def prepare_data(self) -> None:
-        # Runs once per machine before DDP ranks start: train and cache the VAE here if
-        # needed, so ranks never train it concurrently.
-        from .cached import load_or_train_vae
-
-        load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
-
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
@@ -211,13 +223,6 @@ class LatentVideoDataModule(pl.LightningDataModule):
         self.vae = load_or_train_vae(hp.vae, *(hp.vae_overrides or []), verbose=False).eval()
         self.train_set = self._encode(hp.num_train, hp.seed)
         self.val_set = self._encode(hp.num_val, hp.seed + 10_000)
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=g)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

@@ -22,10 +22,11 @@ from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..data.worlds import BACKGROUNDS, ShapesWorld, WorldConfig
 from ..eval.world_score import adherence
+from .diffusion import EncodedDataModule
 
 T2V_WORLD = WorldConfig(
     shapes=("circle", "square", "triangle", "cross"),
@@ -183,7 +184,7 @@ class _Latents(Dataset):
         return self.latents[i], self.ids[i], self.mask[i]
 
 
-class TextVideoDataModule(pl.LightningDataModule):
+class TextVideoDataModule(EncodedDataModule):
     """Captioned one-object Shapes-world videos, encoded once by a cached autoencoder.
 
     The latents are cached too (``SORA_EDU_CACHE/latents/text_video/KEY``, safetensors,
@@ -209,11 +210,6 @@ class TextVideoDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.example_prompts = evaluation_prompts(4, "seen", frames, height, width)[0] + \
             evaluation_prompts(4, "held_out", frames, height, width)[0]
-
-    def prepare_data(self) -> None:
-        from .cached import load_or_train_vae
-
-        load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
 
     @torch.no_grad()
     def _encode(self, n: int, seed: int) -> _Latents:
@@ -266,13 +262,6 @@ class TextVideoDataModule(pl.LightningDataModule):
     def latent_shape(self) -> tuple[int, ...]:
         """``(z, T', H', W')`` of one video's latent."""
         return tuple(self.train_set.latents.shape[1:])
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=g)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, ids, mask = batch
