@@ -34,7 +34,7 @@ def test_retrieval_accuracy_counts_duplicate_captions_as_right():
 
 def test_tiny_clip_learns_to_match_colour_codes():
     """Latents whose colour code matches a caption word. Measured (seed 0, 150 steps):
-    video->text top-1 1.00 on held-out pairs (chance 1/6)."""
+    top-1 retrieval 1.00 both ways on held-out pairs (chance 1/6)."""
     from sora_edu.data.worlds import COLOURS
     from sora_edu.models.text import WordTokenizer
 
