@@ -81,8 +81,9 @@ class DiTBlock(nn.Module):
     context (``cross_attention=True``; always on for ``"cross_attn"``).
 
     ``forward(x (B, N, D), c (B, D), context (B, L, D) | None, context_mask (B, L) | None,
-    groups)``: ``groups`` reshapes the sequence for attention only, e.g. ``"b (t s) d ->
-    (b t) s d"`` for attention within frames (and back).
+    groups, mask)``: ``groups`` reshapes the sequence for attention only, e.g. ``"b (t s) d ->
+    (b t) s d"`` for attention within frames (and back); ``mask`` (bool, broadcastable to
+    ``(B, heads, N, N)``) hides padded keys from self-attention (in-context text).
     """
 
     def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, conditioning: str = "adaln_zero",
@@ -113,14 +114,14 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.cross.proj.weight)
             nn.init.zeros_(self.cross.proj.bias)
 
-    def _attend(self, h: torch.Tensor, groups: tuple[str, str, dict] | None) -> torch.Tensor:
+    def _attend(self, h: torch.Tensor, groups: tuple[str, str, dict] | None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if groups is None:
-            return self.attn(h)
+            return self.attn(h, mask)
         split, merge, sizes = groups
         return rearrange(self.attn(rearrange(h, split, **sizes)), merge, **sizes)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, groups=None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, groups=None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.conditioning == "adaln_zero":
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
         elif self.conditioning == "adaln":
@@ -129,7 +130,7 @@ class DiTBlock(nn.Module):
         h = self.norm1(x)
         if self.conditioning.startswith("adaln"):
             h = modulate(h, shift1, scale1)
-        h = self._attend(h, groups)
+        h = self._attend(h, groups, mask)
         x = x + (gate1[:, None] * h if self.conditioning == "adaln_zero" else h)
         if self.cross is not None and context is not None:
             x = x + self.cross(self.norm_cross(x), context, context_mask)
@@ -281,15 +282,13 @@ class SpacetimeDiT(nn.Module):
             text_ctx, text_mask = ctx, ctx_mask
         elif self.text is not None and self.blocks[0].cross is not None:
             text_ctx, text_mask = ctx[:, 1:], ctx_mask[:, 1:]
+        mask = key_mask[:, None, None, :] if self.conditioning == "in_context" else None
         maps = []
         for i, block in enumerate(self.blocks):
             groups = self._groups(i, gt, gh, gw)
-            if self.conditioning == "in_context":
-                h = self._in_context_block(block, h, key_mask, attention_maps, maps)
-            else:
-                if attention_maps:
-                    maps.append(self._attention_map(block, h, c, groups))
-                h = block(h, c, text_ctx, text_mask, groups)
+            if attention_maps:
+                maps.append(self._attention_map(block, h, c, groups, mask))
+            h = block(h, c, text_ctx, text_mask, groups, mask)
         h = h[:, -n:]
         out = unpatchify(self.final(h, c), self.patch_size, x.shape[-3:])
         if self.head is not None:
@@ -304,19 +303,8 @@ class SpacetimeDiT(nn.Module):
             return "b (t s) d -> (b t) s d", "(b t) s d -> b (t s) d", sizes
         return "b (t s) d -> (b s) t d", "(b s) t d -> b (t s) d", sizes  # temporal
 
-    def _in_context_block(self, block: DiTBlock, h, key_mask, attention_maps, maps):
-        mask = key_mask[:, None, None, :]
-        y = block.norm1(h)
-        if attention_maps:
-            a, w = block.attn(y, mask, weights=True)
-            maps.append(w.mean(1))
-        else:
-            a = block.attn(y, mask)
-        h = h + a
-        return h + block.mlp(block.norm2(h))
-
     @torch.no_grad()
-    def _attention_map(self, block: DiTBlock, h, c, groups) -> torch.Tensor:
+    def _attention_map(self, block: DiTBlock, h, c, groups, mask=None) -> torch.Tensor:
         y = block.norm1(h)
         if block.conditioning.startswith("adaln"):
             chunks = 6 if block.conditioning == "adaln_zero" else 4
@@ -324,7 +312,7 @@ class SpacetimeDiT(nn.Module):
             y = modulate(y, shift, scale)
         if groups is not None:
             y = rearrange(y, groups[0], **groups[2])
-        return block.attn(y, weights=True)[1].mean(1)  # (B', N', N'), averaged over heads
+        return block.attn(y, mask, weights=True)[1].mean(1)  # (B', N', N'), averaged over heads
 
     # --- cost -------------------------------------------------------------------------------
 

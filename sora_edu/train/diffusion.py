@@ -28,6 +28,8 @@ from .optim import warmup_cosine
 
 
 class DiffusionModule(pl.LightningModule):
+    PROMPT_LEN = 24  # tokens a prompt is padded to when sampling (the encoder is padding-invariant)
+
     def __init__(self, net: nn.Module, objective: str = "eps", schedule: str = "cosine", timesteps: int = 1000,
                  num_classes: int | None = 10, cond_drop: float = 0.1, lr: float = 2e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 100, vae: str | None = None, vae_overrides: list[str] | None = None,
@@ -60,7 +62,7 @@ class DiffusionModule(pl.LightningModule):
         """The null condition: the extra label ``num_classes``, or the empty prompt (padded
         like the text condition ``like``)."""
         if self.is_text:
-            max_len = like["ids"].shape[1] if like is not None else 24
+            max_len = like["ids"].shape[1] if like is not None else self.PROMPT_LEN
             ids, mask = self.tokenizer.encode([""] * batch, max_len=max_len)
             return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
         n = self.hparams.num_classes
@@ -83,7 +85,7 @@ class DiffusionModule(pl.LightningModule):
             return {"ids": batch["ids"], "mask": batch["mask"]}
         return batch["y"] if self.hparams.num_classes else None
 
-    def encode_prompts(self, prompts: list[str], max_len: int = 24) -> dict:
+    def encode_prompts(self, prompts: list[str], max_len: int = PROMPT_LEN) -> dict:
         """Prompts -> the text condition ``{"ids", "mask"}`` on the module's device."""
         if not self.is_text:
             raise ValueError("this model is not text-conditional")
