@@ -105,8 +105,7 @@ def _write_samples(module, prompt: str, n: int, frames: int, height: int, width:
     print(f"prompt: {prompt!r}")
     for i, c in enumerate(captions):
         print(f"  sample {i}: {c!r}")
-    shape = (vae.z_channels, vae.latent_frames(frames), height // vae.space_factor, width // vae.space_factor)
-    videos = module.generate((n, *shape), list(captions), frames=frames, seed=seed, steps=steps, guidance=guidance).cpu()
+    videos = module.generate((n, *vae.latent_shape(frames, height, width)), list(captions), frames=frames, seed=seed, steps=steps, guidance=guidance).cpu()
     movie = save_video(folder / f"{name}.mp4", videos[0], fps=8, scale=4)
     if n > 1:
         save_video(folder / f"{name}_all.mp4", tile(videos, min(n, 4)), fps=8, scale=4)

@@ -23,6 +23,7 @@ def test_encode_decode_shapes(arch, bottleneck, frames):
     video = torch.rand(2, 3, frames, 16, 24) * 2 - 1
     z = vae.encode(video)
     assert z.shape == (2, vae.z_channels, 1 + -(-(frames - 1) // 4), 4, 6)
+    assert z.shape[1:] == vae.latent_shape(frames, 16, 24)
     out = vae(video)
     assert out.reconstruction.shape == video.shape
     assert vae.decode(z, frames).shape == video.shape

@@ -265,6 +265,11 @@ class VideoAutoencoder(nn.Module):
         """Latent frames for a video of ``frames``: 1 for frame 0, then one per ``time_factor``."""
         return 1 + -(-(frames - 1) // self.time_factor)
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(z, T', H', W')`` of the latent of one ``frames x height x width`` video (what a
+        latent diffusion model samples)."""
+        return (self.z_channels, self.latent_frames(frames), height // self.space_factor, width // self.space_factor)
+
     def check_video(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != self.in_channels:
             raise ValueError(f"expected video (B, {self.in_channels}, T, H, W), got shape {tuple(video.shape)}")

@@ -253,15 +253,8 @@ class TextVideoDataModule(EncodedDataModule):
 
         hp = self.hparams
         self.vae = load_or_train_vae(hp.vae, *(hp.vae_overrides or []), verbose=False).eval()
-        start = time.perf_counter()
         self.train_set = self._encode(hp.num_train, hp.seed)
         self.val_set = self._encode(hp.num_val, hp.seed + 10_000)
-        self.encode_seconds = time.perf_counter() - start
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        """``(z, T', H', W')`` of one video's latent."""
-        return tuple(self.train_set.latents.shape[1:])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, ids, mask = batch
@@ -275,8 +268,7 @@ def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 
     """Generate ``n`` videos per split from evaluation prompts and score them with the
     world-truth scorer: ``{split: {attribute: accuracy, ..., "all": fully correct}}``.
     ``sampling`` goes to the sampler (steps, guidance, ...)."""
-    vae = module.vae
-    shape = (vae.z_channels, vae.latent_frames(frames), height // vae.space_factor, width // vae.space_factor)
+    shape = module.vae.latent_shape(frames, height, width)
     out = {}
     for split in splits:
         prompts, wanted = evaluation_prompts(n, split, frames, height, width)
