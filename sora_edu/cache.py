@@ -47,5 +47,12 @@ def load_checkpoint(module: torch.nn.Module, path: Path) -> dict:
         record = json.loads(meta.read_text())
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:
         raise ValueError(f"cannot read the checkpoint in {path} ({type(e).__name__}: {e}); delete it to retrain") from e
-    module.load_state_dict(state)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"the checkpoint in {path} lacks {len(missing)} weights of this model ({missing[:4]}...): "
+                         f"it was trained by other code; delete it to retrain")
+    if unexpected:  # weights of a module since dropped as unused (e.g. an unused text projection)
+        import warnings
+
+        warnings.warn(f"ignored {len(unexpected)} weights in {path} that this model no longer has: {unexpected[:4]}", stacklevel=2)
     return record

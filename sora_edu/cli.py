@@ -4,6 +4,7 @@
     sora-edu sample --prompt ... --frames 16 --height 64 --width 128   sample a trained model at any size
     sora-edu gallery                   a gallery of the three toy worlds
     sora-edu worlds --n 100 --out DIR  a captioned sample set: mp4 files + captions.jsonl
+    sora-edu encode --data DIR --out SHARDS   encode a video folder once into latent shards
     sora-edu fit --config NAME.yaml    train with LightningCLI (also validate, test, predict)
 
 Subcommands are plain type-hinted functions turned into a CLI by jsonargparse, the same
@@ -195,6 +196,49 @@ def gallery(out: str = "sora_edu_gallery", seed: int = 0) -> Path:
     return folder
 
 
+def encode(data: str, out: str, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, frames: int = 16,
+           stride: int = 1, buckets: list[list[int]] | None = None, resize: str = "crop", caption_field: str = "caption",
+           shard_size: int = 256, batch_size: int = 16, seed: int = 0) -> Path:
+    """Encode a folder of captioned videos once into latent shards (safetensors) for
+    ``LatentShardDataModule``: the DiT then trains without running the VAE. Resumable: run
+    the same command again after an interruption and it continues where it stopped.
+
+    Args:
+        data: the video folder (captions.jsonl, captions.csv or sidecar .txt files).
+        out: the shard folder (shards, manifest.json, tokenizer.json).
+        vae: the autoencoder: a packaged or YAML config whose model ``sora-edu fit --config``
+            cached (trained now if absent).
+        vae_overrides: the ``--key=value`` overrides that model was trained with.
+        frames: frames per clip.
+        stride: take every ``stride``-th frame.
+        buckets: ``[[T, H, W], ...]`` sizes videos are bucketed to by aspect ratio (default
+            one bucket ``[frames, 64, 64]``).
+        resize: ``crop`` (keep aspect, crop the centre) or ``stretch``.
+        caption_field: caption key (jsonl) or column (csv).
+        shard_size: clips per shard.
+        batch_size: clips per VAE call.
+        seed: clip starts.
+    """
+    from .train.cached import cached_path, load_or_train_vae
+    from .train.folder import encode_folder
+
+    overrides = list(vae_overrides or [])
+    net = load_or_train_vae(vae, *overrides, verbose=False).eval()
+    manifest = encode_folder(net, cached_path(vae, *overrides).name, data, out, frames, stride, buckets, resize,
+                             caption_field, shard_size, batch_size, seed)
+    total = sum(manifest["shards"].values())
+    print(f"{total} clips in {len(manifest['shards'])} shards in {out}; {len(manifest['skipped'])} files skipped")
+    for name, reason in manifest["skipped"]:
+        print(f"  skipped {name}: {reason}")
+    if manifest["complete"]:
+        from .models.text import WordTokenizer
+
+        words = len(WordTokenizer.load(Path(out) / "tokenizer.json"))
+        print(f"caption vocabulary: {Path(out) / 'tokenizer.json'} ({words} words: a DiT on these captions takes "
+              f"--model.init_args.tokenizer={Path(out) / 'tokenizer.json'} --model.init_args.net.init_args.vocab_size={words})")
+    return Path(out)
+
+
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -207,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from jsonargparse import CLI
 
-    CLI([demo, sample, gallery, worlds], args=argv, as_positional=False)
+    CLI([demo, sample, gallery, worlds, encode], args=argv, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -231,3 +231,37 @@ def test_sample_logger_keeps_and_writes_samples(tmp_path):
     assert [f.name for f in files] == ["step_000004.png", "step_000008.png", "step_000010.png"]
     with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
         SampleLogger(every_n_steps=0)
+
+
+def test_snr_clamp_weights_x0_errors_by_clamped_snr():
+    """Flow path: SNR = ((1 - t) / t)^2, so t = 0.5 weighs 1, t = 0.1 weighs gamma = 5 and t = 0.9 weighs 1."""
+    x0 = torch.randn(3, 4)
+    noise = torch.randn(3, 4)
+    t = torch.tensor([0.5, 0.1, 0.9])
+    error = torch.tensor([[1.0], [1.0], [2.0]])
+    model = lambda x, tt, c: x0 + error  # noqa: E731 -- an x0 predictor off by a known amount
+    plain = Diffusion("flow_x0").loss(model, x0, t=t, noise=noise)
+    weighted = Diffusion("flow_x0", loss_weight="snr_clamp").loss(model, x0, t=t, noise=noise)
+    assert plain.item() == pytest.approx((1 + 1 + 4) / 3)
+    assert weighted.item() == pytest.approx((1 + 5 + 4) / 3)
+    with pytest.raises(ValueError, match="x0 objectives"):
+        Diffusion("flow", loss_weight="snr_clamp")
+
+
+def test_channel_latent_norm_standardises_and_inverts():
+    from sora_edu.models.dit import SpacetimeDiT
+    from sora_edu.train.diffusion import DiffusionModule
+
+    module = DiffusionModule(SpacetimeDiT(4, (1, 2, 2), dim=16, depth=1, heads=2), objective="flow_x0",
+                             num_classes=None, latent_norm="channel")
+    z = torch.randn(16, 4, 2, 4, 4) * torch.tensor([0.5, 1, 2, 3]).view(1, 4, 1, 1, 1) + torch.tensor([1.2, 0, -1, 3]).view(1, 4, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="latent statistics"):
+        module.normalise(z)
+    module.measure_latents(z)
+    x = module.normalise(z)
+    torch.testing.assert_close(x.mean((0, 2, 3, 4)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.std((0, 2, 3, 4)), torch.ones(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(module.denormalise(x), z)
+    assert "latent_mean" in module.state_dict()  # travels with the checkpoint
+    with pytest.raises(ValueError, match="latent_norm"):
+        DiffusionModule(SpacetimeDiT(4, (1, 2, 2), dim=16, depth=1, heads=2), latent_norm="pixel")

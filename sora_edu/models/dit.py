@@ -182,14 +182,20 @@ class SpacetimeDiT(nn.Module):
             features per latent position, then two 3x3 convolutions that also see the noisy
             input ``x_t`` smooth patch seams and carry the noise through; negligible FLOPs).
         qk_norm: normalise queries and keys (stabler in bf16, as Open-Sora found).
+        extra_channels: input channels beyond the latent's (the output keeps ``in_channels``):
+            notebook 09's frame conditioning feeds the given frames' mask this way.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            instead of storing them (~1/3 more compute, a fraction of the memory: for L/XL sizes).
     """
 
     def __init__(self, in_channels: int = 8, patch_size: Sequence[int] = (1, 2, 2), dim: int = 128, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, conditioning: str = "adaln_zero", attention: str = "full",
                  num_classes: int | None = None, vocab_size: int | None = None, text_dim: int = 128,
                  text_depth: int = 2, text_cross_attention: bool = True, head: str = "linear", head_channels: int = 32,
-                 qk_norm: bool = False) -> None:
+                 qk_norm: bool = False, extra_channels: int = 0, activation_checkpointing: bool = False) -> None:
         super().__init__()
+        self.extra_channels = extra_channels
+        self.activation_checkpointing = activation_checkpointing
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if conditioning not in CONDITIONINGS:
@@ -201,16 +207,18 @@ class SpacetimeDiT(nn.Module):
         self.in_channels, self.dim, self.conditioning, self.attention = in_channels, dim, conditioning, attention
         self.patch_size = patch_tuple(tuple(patch_size), 3)
         self.num_classes = num_classes
-        self.embed = TubeletEmbed(self.patch_size, in_channels, dim)
+        self.embed = TubeletEmbed(self.patch_size, in_channels + extra_channels, dim)
         self.t_embed = TimestepEmbedder(dim)
         self.label_embed = nn.Embedding(num_classes + 1, dim) if num_classes is not None else None
         self.text = None
+        # Text is cross-attended under adaLN (cross_attn attends to it anyway; in-context has it in the sequence).
+        cross = vocab_size is not None and text_cross_attention and conditioning.startswith("adaln")
+        self.text_tokens = None
         if vocab_size is not None:
             self.text = TextEncoder(vocab_size, text_dim, text_depth, heads=max(1, text_dim // 32))
-            self.text_tokens = nn.Linear(text_dim, dim)
+            if cross or not conditioning.startswith("adaln"):  # per-token text is used (else pooled only)
+                self.text_tokens = nn.Linear(text_dim, dim)
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        # Text is cross-attended under adaLN (cross_attn attends to it anyway; in-context has it in the sequence).
-        cross = self.text is not None and text_cross_attention and conditioning.startswith("adaln")
         self.blocks = nn.ModuleList(
             DiTBlock(dim, heads, mlp_ratio, conditioning, cross_attention=cross, qk_norm=qk_norm) for _ in range(depth))
         if head not in ("linear", "conv"):
@@ -219,7 +227,7 @@ class SpacetimeDiT(nn.Module):
         self.final = FinalLayer(dim, math.prod(self.patch_size) * out, conditioning.startswith("adaln"))
         self.head = None
         if head == "conv":
-            self.head = nn.Sequential(nn.Conv3d(head_channels + in_channels, head_channels, (1, 3, 3), padding=(0, 1, 1)),
+            self.head = nn.Sequential(nn.Conv3d(head_channels + in_channels + extra_channels, head_channels, (1, 3, 3), padding=(0, 1, 1)),
                                       nn.SiLU(), nn.Conv3d(head_channels, in_channels, (1, 3, 3), padding=(0, 1, 1)))
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
@@ -235,8 +243,10 @@ class SpacetimeDiT(nn.Module):
         return self._positions[key]
 
     def check_latents(self, x: torch.Tensor) -> tuple[int, int, int]:
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected latents (B, {self.in_channels}, T, H, W), got shape {tuple(x.shape)}")
+        channels = self.in_channels + self.extra_channels
+        if x.ndim != 5 or x.shape[1] != channels:
+            extra = f" (+{self.extra_channels} conditioning)" if self.extra_channels else ""
+            raise ValueError(f"expected latents (B, {self.in_channels}{extra}, T, H, W), got shape {tuple(x.shape)}")
         return grid_size(x.shape[-3:], self.patch_size)
 
     def condition(self, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -257,8 +267,9 @@ class SpacetimeDiT(nn.Module):
                 raise ValueError("this DiT is text-conditional: expected cond = {'ids': (B, L), 'mask': (B, L)}")
             words, pooled = self.text(cond["ids"], cond["mask"])
             c = c + self.text_pooled(pooled)
-            tokens.append(self.text_tokens(words))
-            mask.append(cond["mask"])
+            if self.text_tokens is not None:
+                tokens.append(self.text_tokens(words))
+                mask.append(cond["mask"])
         elif cond is not None:
             raise ValueError("this DiT is unconditional: pass cond=None")
         return c, torch.cat(tokens, dim=1), torch.cat(mask, dim=1)
@@ -288,7 +299,12 @@ class SpacetimeDiT(nn.Module):
             groups = self._groups(i, gt, gh, gw)
             if attention_maps:
                 maps.append(self._attention_map(block, h, c, groups, mask))
-            h = block(h, c, text_ctx, text_mask, groups, mask)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                h = checkpoint(block, h, c, text_ctx, text_mask, groups, mask, use_reentrant=False)
+            else:
+                h = block(h, c, text_ctx, text_mask, groups, mask)
         h = h[:, -n:]
         out = unpatchify(self.final(h, c), self.patch_size, x.shape[-3:])
         if self.head is not None:

@@ -25,13 +25,36 @@ WATCHERS = ("sora_edu.train.diffusion.SampleLogger", "sora_edu.train.callbacks.H
 QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
 
 
+def _without_defaults(node):
+    """A config node with every ``init_args`` entry equal to its class's default removed, so
+    a new option added with a default does not change the key of models cached before it."""
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _without_defaults(v) for k, v in node.items()}
+    if isinstance(node.get("class_path"), str) and isinstance(node.get("init_args"), dict):
+        import importlib
+        import inspect
+
+        module, _, name = node["class_path"].rpartition(".")
+        try:
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except (ImportError, AttributeError, ValueError, TypeError):
+            return node
+        node["init_args"] = {k: v for k, v in node["init_args"].items()
+                             if k not in params or params[k].default is inspect.Parameter.empty
+                             or params[k].default != v}
+    return node
+
+
 def _key(cli) -> tuple[dict, str]:
     cfg = cli.config.as_dict()
     if "model" not in cfg and "fit" in cfg:  # a `sora-edu fit` run: the config sits under its subcommand
         cfg = cfg["fit"]
     trainer = cfg.get("trainer", {})
     weights_depend_on = {
-        "model": cfg.get("model"), "data": cfg.get("data"), "seed": cfg.get("seed_everything"),
+        "model": _without_defaults(cfg.get("model")), "data": _without_defaults(cfg.get("data")), "seed": cfg.get("seed_everything"),
         "max_steps": trainer.get("max_steps"), "max_epochs": trainer.get("max_epochs"),
         "precision": trainer.get("precision"),
         "callbacks": [c for c in trainer.get("callbacks") or [] if c.get("class_path") not in WATCHERS] or None,
@@ -41,6 +64,10 @@ def _key(cli) -> tuple[dict, str]:
     if vae:
         overrides = cfg["model"]["init_args"].get("vae_overrides") or []
         weights_depend_on["vae_key"] = _key(from_config(vae, *QUIET, *overrides))[1]
+    source = (cfg.get("model") or {}).get("init_args", {}).get("init_from")
+    if source:  # fine-tuned from another cached model: key it by that one's key too
+        overrides = cfg["model"]["init_args"].get("init_overrides") or []
+        weights_depend_on["init_key"] = _key(from_config(source, *QUIET, *overrides))[1]
     return weights_depend_on, config_hash(weights_depend_on)
 
 
@@ -89,7 +116,13 @@ def save_fitted(cli, path: Path | None = None, seconds: float | None = None) -> 
     history = next((c for c in cli.trainer.callbacks if isinstance(c, History)), None)
     extra = {"train_seconds": seconds}
     if hasattr(cli.model, "compute_scale_factor"):
-        extra["scale_factor"] = cli.model.compute_scale_factor(cli.datamodule.val_dataloader())
+        import itertools
+
+        dm = cli.datamodule
+        # Validation clips when the data module has them; else 32 training batches (a video folder).
+        has_val = type(dm).val_dataloader is not pl.LightningDataModule.val_dataloader
+        loader = dm.val_dataloader() if has_val else itertools.islice(dm.train_dataloader(), 32)
+        extra["scale_factor"] = cli.model.compute_scale_factor(loader)
     extra["metrics"] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     extra["history"] = history.rows if history is not None else []
     for callback in cli.trainer.callbacks:

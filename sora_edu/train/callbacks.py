@@ -110,3 +110,49 @@ class EMA(pl.Callback):
         if pending is not None:
             self.ema.load_state_dict(pending)
             self._pending = None
+
+
+class RNGState(pl.Callback):
+    """Puts the random-number generators' states in every checkpoint and restores them
+    when a run resumes (``--ckpt_path``), so the resumed run draws the very noise, times and
+    dropout the uninterrupted run would have: resuming reproduces its loss curve bit for bit
+    on CPU (with a resumable data module such as the folder and shard ones). Lightning
+    itself restores weights, optimiser, schedulers and loop counters, but not these."""
+
+    def __init__(self) -> None:
+        self._pending = None
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "gauss": float(gauss)},
+                "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Applied at the first step after resuming, not at load time: building the loaders
+        # in between must not shift the streams.
+        if self._pending is None:
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+        python = state["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))

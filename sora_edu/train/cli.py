@@ -22,7 +22,7 @@ def config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    packaged = CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    packaged = CONFIGS / (path if path.suffix else path.with_suffix(".yaml"))  # e.g. scale/ddp.yaml
     if packaged.exists():
         return packaged
     known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
@@ -78,7 +78,34 @@ def from_config(name: str | Path, *overrides: str) -> LightningCLI:
     then ``cli.trainer.fit(cli.model, cli.datamodule)``."""
     import warnings
 
+    path = config_path(name)
+    if "--trainer.enable_checkpointing=false" in overrides:
+        path = _without_checkpoints(path)
     with warnings.catch_warnings():
         # Inside Jupyter, sys.argv holds the kernel's own arguments; `args` is what counts.
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        return make_cli(["--config", str(config_path(name)), *overrides], run=False)
+        return make_cli(["--config", str(path), *overrides], run=False)
+
+
+def _without_checkpoints(path: Path) -> Path:
+    """The config without its ModelCheckpoint callbacks (a copy in a temp folder), for runs
+    built with checkpointing off (notebooks, the cache): Lightning refuses both at once."""
+    import tempfile
+
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    callbacks = (config.get("trainer") or {}).get("callbacks")
+    if not isinstance(callbacks, list):
+        return path
+    kept = [c for c in callbacks if not str((c or {}).get("class_path", "")).endswith("ModelCheckpoint")]
+    if len(kept) == len(callbacks):
+        return path
+    config["trainer"]["callbacks"] = kept
+    folder = Path(tempfile.gettempdir()) / "sora_edu_configs"
+    folder.mkdir(exist_ok=True)
+    copy = folder / path.name  # same name: the cache is keyed by the config's name and content
+    from ..viz import write_atomic  # several processes (DDP ranks) may write it at once
+
+    write_atomic(copy, yaml.safe_dump(config, sort_keys=False).encode())
+    return copy

@@ -33,21 +33,42 @@ class DiffusionModule(pl.LightningModule):
     def __init__(self, net: nn.Module, objective: str = "eps", schedule: str = "cosine", timesteps: int = 1000,
                  num_classes: int | None = 10, cond_drop: float = 0.1, lr: float = 2e-3, weight_decay: float = 0.0,
                  warmup_steps: int = 100, vae: str | None = None, vae_overrides: list[str] | None = None,
-                 clip: float | None = 1.0, flow_times: str = "uniform") -> None:
+                 clip: float | None = 1.0, flow_times: str = "uniform", latent_norm: str = "global",
+                 tokenizer: str | None = None, compile: bool = False, loss_weight: str = "none",
+                 frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
+                 init_overrides: list[str] | None = None) -> None:
         super().__init__()
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        if frame_masks:
+            from ..diffusion.frames import MASKS
+
+            unknown = [k for k in frame_masks if k not in MASKS]
+            if unknown:
+                raise ValueError(f"frame_masks: unknown kinds {unknown}; known: {MASKS}")
+            if getattr(net, "extra_channels", 0) != 1:
+                raise ValueError("frame_masks needs a network with extra_channels=1 (the mask channel)")
+        if not 0.0 <= image_prob < 1.0:
+            raise ValueError(f"image_prob must be in [0, 1), got {image_prob}")
+        if latent_norm not in ("global", "channel"):
+            raise ValueError(f"latent_norm must be 'global' or 'channel', got {latent_norm!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times)
+        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight)
         # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
         # holds the denoiser only, and the optimiser and .train() never touch the VAE.
         self.__dict__["_vae"] = None
+        if latent_norm == "channel":
+            # Per-channel mean and std of the training latents, measured once in `setup` and
+            # kept in the checkpoint: the denoiser sees zero-mean, unit-variance channels.
+            self.register_buffer("latent_mean", torch.zeros(net_channels(net)))
+            self.register_buffer("latent_std", torch.zeros(net_channels(net)))
         self.tokenizer = None
         if self.is_text:
             from ..models.text import WordTokenizer
 
-            self.tokenizer = WordTokenizer.for_world()
+            # The Shapes world's words, or a vocabulary file (`sora-edu encode` writes one for your captions).
+            self.tokenizer = WordTokenizer.load(tokenizer) if tokenizer else WordTokenizer.for_world()
             if net.text.embed.num_embeddings != len(self.tokenizer):
                 raise ValueError(f"the network's text vocabulary has {net.text.embed.num_embeddings} words but the "
                                  f"world's tokenizer has {len(self.tokenizer)}: set net vocab_size={len(self.tokenizer)}")
@@ -73,7 +94,7 @@ class DiffusionModule(pl.LightningModule):
         if cond is None or self.hparams.cond_drop == 0:
             return cond
         batch = len(cond["ids"]) if isinstance(cond, dict) else len(cond)
-        keep = torch.rand(batch, device=self.device) >= self.hparams.cond_drop
+        keep = self._rank_slice(lambda n: torch.rand(n, device=self.device), batch) >= self.hparams.cond_drop
         null = self.null(batch, like=cond)
         if isinstance(cond, dict):
             return {k: torch.where(keep[:, None], cond[k], null[k]) for k in ("ids", "mask")}
@@ -92,13 +113,73 @@ class DiffusionModule(pl.LightningModule):
         ids, mask = self.tokenizer.encode(prompts, max_len=max_len)
         return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
 
+    @torch.no_grad()
+    def initialise_from(self, source: nn.Module) -> list[str]:
+        """Start from another denoiser's weights (``init_from``: fine-tune the cached t2v model
+        into the frame-conditioned one). Weights of one shape are copied; an input layer that
+        gained channels (the mask channel) gets the old weights and zeros for the new ones,
+        so the start computes what the source did. Returns the names not copied."""
+        theirs, skipped = source.state_dict(), []
+        for name, mine in self.net.state_dict().items():
+            old = theirs.get(name)
+            if old is not None and old.shape == mine.shape:
+                mine.copy_(old)
+            elif old is not None and old.ndim >= 2 and old.shape[0] == mine.shape[0] and old.shape[2:] == mine.shape[2:] \
+                    and old.shape[1] < mine.shape[1]:
+                mine.zero_()
+                mine[:, :old.shape[1]].copy_(old)
+            else:
+                skipped.append(name)
+        return skipped
+
     def setup(self, stage: str) -> None:
+        if self.hparams.init_from and stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) \
+                and not getattr(self, "_initialised", False):
+            from .cached import load_or_train
+
+            skipped = self.initialise_from(load_or_train(self.hparams.init_from, *(self.hparams.init_overrides or []),
+                                                         verbose=False).net)
+            self._initialised = True
+            if skipped:
+                raise ValueError(f"init_from={self.hparams.init_from!r}: {len(skipped)} weights do not fit ({skipped[:4]})")
+        if self.hparams.compile and stage == "fit":
+            self.net.compile()  # in place: the state dict keeps its keys, so checkpoints stay portable
         dm = self.trainer.datamodule if self.trainer is not None else None
         if dm is not None:
             self.check_data(dm)
             if getattr(dm, "vae", None) is not None and self.hparams.vae is not None:
                 # The same cached autoencoder the data were encoded with: no second load.
                 self.__dict__["_vae"] = dm.vae.requires_grad_(False)
+            if self.hparams.latent_norm == "channel" and not self.latent_std.any():
+                latents = getattr(dm, "train_latents", None)
+                if latents is None:
+                    raise ValueError(f"latent_norm='channel' measures the training latents, but "
+                                     f"{type(dm).__name__} has no train_latents: use latent_norm='global'")
+                self.measure_latents(latents)
+
+    @torch.no_grad()
+    def measure_latents(self, latents: torch.Tensor) -> None:
+        """Set the per-channel statistics from training latents ``(N, C, T, H, W)``."""
+        dims = [0, *range(2, latents.ndim)]
+        self.latent_mean.copy_(latents.mean(dims))
+        self.latent_std.copy_(latents.std(dims).clamp_min(1e-6))
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``(B, C, ...)`` -> the denoiser's space (per-channel standardised
+        with ``latent_norm="channel"``, unchanged otherwise)."""
+        if self.hparams.latent_norm != "channel":
+            return z
+        if not self.latent_std.any():
+            raise RuntimeError("latent_norm='channel' needs latent statistics: fit on a data module or call measure_latents")
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        return (z - self.latent_mean.view(shape)) / self.latent_std.view(shape)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalise`."""
+        if self.hparams.latent_norm != "channel":
+            return x
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.latent_std.view(shape) + self.latent_mean.view(shape)
 
     def check_data(self, datamodule) -> None:
         """The data must be latents of the autoencoder this model decodes with."""
@@ -113,15 +194,53 @@ class DiffusionModule(pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------
 
+    def _rank_slice(self, draw, batch: int) -> torch.Tensor:
+        """``draw(n)`` for the *global* batch, then this rank's rows. Every rank is seeded
+        alike, so with data parallelism each example gets the time, noise and dropout it
+        would get on one device: N devices x B reproduce 1 device x N*B (tested).
+        The cost, N times the random numbers, is small next to a step."""
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        out = draw(batch * world)
+        return out[rank * batch:(rank + 1) * batch] if world > 1 else out
+
     def training_step(self, batch, batch_idx):
-        loss = self.diffusion.loss(self.net, batch["x"], self.drop(self.condition(batch)))
-        self.log("train/loss", loss, prog_bar=True)
+        x = self.normalise(batch["x"])
+        if self.hparams.image_prob and torch.rand(()).item() < self.hparams.image_prob:
+            x = x[:, :, :1]  # images: the causal VAE's first latent frame is the first frame alone
+        cond = self.drop(self.condition(batch))
+        diffusion = self.diffusion
+        t = self._rank_slice(lambda n: diffusion.sample_t(n, x.device), len(x))
+        noise = self._rank_slice(lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x))
+        mask = None
+        if self.hparams.frame_masks:  # some frames given clean; scored on the generated ones only
+            from ..diffusion.frames import random_frame_masks
+
+            uniforms = self._rank_slice(lambda n: torch.rand(n, 3, device=x.device), len(x))
+            mask = random_frame_masks(uniforms.cpu(), x.shape[2], self.hparams.frame_masks).to(x.device)
+        loss = self._loss(x, cond, t, noise, mask)
+        # Synced only with several devices: the logged loss is then the global batch's.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self._trainer is not None and self.trainer.world_size > 1)
         return loss
+
+    def _loss(self, x, cond, t, noise, mask=None):
+        """The diffusion loss; with ``frame_masks`` the denoiser also gets the mask (no
+        frame given when ``mask`` is None) and is scored on the generated frames only."""
+        if not self.hparams.frame_masks:
+            return self.diffusion.loss(self.net, x, cond, t=t, noise=noise)
+        from ..diffusion.frames import masked_input
+
+        mask = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask
+        net = lambda x_t, tt, c: self.net(masked_input(x_t, x, mask), tt, c)  # noqa: E731
+        return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None])
 
     def validation_step(self, batch, batch_idx):
         # Fixed times and noise, so the validation loss is comparable across steps.
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        self.log("val/loss", self.diffusion.loss(self.net, batch["x"], self.condition(batch), generator=g), prog_bar=True)
+        x = self.normalise(batch["x"])
+        t = self.diffusion.sample_t(len(x), x.device, g)
+        noise = torch.randn(x.shape, generator=g, device=x.device)
+        self.log("val/loss", self._loss(x, self.condition(batch), t, noise), prog_bar=True)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -141,9 +260,31 @@ class DiffusionModule(pl.LightningModule):
             self.__dict__["_vae"] = vae.requires_grad_(False).to(self.device)
         return self.__dict__["_vae"]
 
+    def _given_frames(self, model, given: torch.Tensor, mask: torch.Tensor, generator: torch.Generator):
+        """The denoiser with frames given: a model trained with ``frame_masks`` sees them
+        clean plus the mask channel; any other model gets them *replaced*, noised to the
+        current time, at every step (RePaint-style inpainting, no training)."""
+        from ..diffusion.frames import masked_input
+
+        m = mask[:, None, :, None, None]
+        trained = bool(self.hparams.frame_masks)
+        fixed = None if trained else torch.randn(given.shape, generator=generator, device=given.device)
+
+        def net(x, tt, c):
+            reps = len(x) // len(given)  # guidance batches [cond, null]
+            g, mm = given.repeat(reps, 1, 1, 1, 1), mask.repeat(reps, 1)
+            if trained:
+                return model(masked_input(x, g, mm), tt, c)
+            t = (tt / self.diffusion.steps) if self.diffusion.is_flow else tt.long()
+            known = self.diffusion.q_sample(g, t, fixed.repeat(reps, 1, 1, 1, 1))
+            return model(torch.where(m.repeat(reps, 1, 1, 1, 1), known, x), tt, c)
+
+        return net
+
     @torch.no_grad()
-    def sample(self, shape: tuple[int, ...], cond=None, seed: int = 0, **kwargs) -> torch.Tensor:
-        """Samples in the model's own space (pixels or scaled latents). ``cond``: labels
+    def sample(self, shape: tuple[int, ...], cond=None, seed: int = 0, given: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Samples in the model's own space (pixels, or latents as :meth:`normalise` makes them). ``cond``: labels
         ``(B,)``, prompts (a list of strings) or a text condition dict. ``kwargs`` go to
         :func:`sora_edu.diffusion.sample` (sampler, steps, eta, guidance, chain)."""
         was_training = self.training
@@ -158,18 +299,41 @@ class DiffusionModule(pl.LightningModule):
         kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
         kwargs.setdefault("clip", self.hparams.clip)
         null = self.null(shape[0], like=cond if isinstance(cond, dict) else None) if cond is not None else None
-        out = sample(self.diffusion, self.net, shape, cond, null_cond=null, generator=g, device=self.device, **kwargs)
+        model = self.net
+        if mask is not None:
+            if given is None or tuple(given.shape) != tuple(shape) or tuple(mask.shape) != (shape[0], shape[2]):
+                raise ValueError(f"frames given by `given` {tuple(given.shape) if given is not None else None} and "
+                                 f"`mask` {tuple(mask.shape)} must be {tuple(shape)} and {(shape[0], shape[2])}")
+            given, mask = given.to(self.device), mask.to(self.device).bool()
+            model = self._given_frames(self.net, given, mask, g)
+        elif self.hparams.frame_masks:  # nothing given: the mask channel says so
+            from ..diffusion.frames import masked_input
+
+            none = torch.zeros(shape[0], shape[2], dtype=torch.bool, device=self.device)
+            model = lambda x, tt, c: self.net(masked_input(x, x, none.repeat(len(x) // shape[0], 1)), tt, c)  # noqa: E731
+        out = sample(self.diffusion, model, shape, cond, null_cond=null, generator=g, device=self.device, **kwargs)
+        if mask is not None:  # the given frames, exactly
+            out = torch.where(mask[:, None, :, None, None], given, out)
         self.train(was_training)
         return out
 
     @torch.no_grad()
     def generate(self, shape: tuple[int, ...], cond=None, frames: int | None = None,
                  seed: int = 0, **kwargs) -> torch.Tensor:
-        """Samples as data: pixels as they are, latents decoded by the VAE (to ``frames``)."""
+        """Samples as data: pixels as they are, latents decoded by the VAE (to ``frames``).
+        ``kwargs`` go to :meth:`sample` (given frames, SDEdit start, sampler options)."""
         x = self.sample(shape, cond, seed, **kwargs)
         if self.vae is None:
             return x.clamp(-1, 1)
-        return self.vae.decode(x / self.vae.scale_factor, frames).clamp(-1, 1)
+        return self.vae.decode(self.denormalise(x) / self.vae.scale_factor, frames).clamp(-1, 1)
+
+
+def net_channels(net: nn.Module) -> int:
+    """The number of data channels a denoiser takes (``in_channels`` of the DiT and U-Net)."""
+    channels = getattr(net, "in_channels", None)
+    if channels is None:
+        raise ValueError(f"{type(net).__name__} has no in_channels attribute: latent_norm='channel' needs it")
+    return channels
 
 
 class EncodedDataModule(pl.LightningDataModule):
@@ -182,6 +346,11 @@ class EncodedDataModule(pl.LightningDataModule):
         from .cached import load_or_train_vae
 
         load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
+
+    @property
+    def train_latents(self) -> torch.Tensor:
+        """All training latents ``(N, C, T, H, W)`` (for per-channel statistics)."""
+        return self.train_set.tensors[0] if isinstance(self.train_set, TensorDataset) else self.train_set.latents
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.hparams.seed)

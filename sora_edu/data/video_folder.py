@@ -1,0 +1,239 @@
+"""A folder of your own captioned videos, as training clips (notebook 10).
+
+Layout: any tree of video files (``.mp4 .webm .avi .mkv .mov .m4v .gif``) under ``root``,
+captioned by the first of these that exists:
+
+* ``root/captions.jsonl``: one JSON object per line with ``"video"`` (path relative to
+  ``root``) and ``"caption"`` (what ``sora-edu worlds`` writes; ``caption_field`` picks
+  another key, e.g. ``"alt_text"``);
+* ``root/captions.csv``: columns ``video,caption``;
+* a sidecar ``clip.txt`` next to every ``clip.mp4``.
+
+Decoding uses **PyAV** (FFmpeg bundled in the wheel, so it installs anywhere pip does;
+torchvision 0.29 dropped video I/O and torchcodec needs a system FFmpeg). Every file is
+probed once when the dataset is built: empty, unreadable, uncaptioned or too-short files
+are skipped with a warning and listed in :attr:`VideoFolder.skipped` (``report()`` prints
+them), and training goes on with the rest. A file that fails later, mid-decode, is
+reported the same way and replaced by the next good item of its bucket.
+
+Each item is a clip of ``frames`` frames taken every ``stride`` frames from a random start
+(a function of ``seed``, the epoch and the item, so runs repeat), resized to its bucket
+(:mod:`sora_edu.data.buckets`) by ``resize="crop"`` (scale to cover, centre crop: keeps
+aspect) or ``"stretch"``. Layout: ``video: (3, T, H, W)`` float in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .buckets import DEFAULT_BUCKETS, Bucket, nearest_bucket
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".gif")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probing a file found: ``frames`` decodable frames of ``height x width``."""
+
+    path: Path
+    caption: str
+    frames: int
+    height: int
+    width: int
+    fps: float
+
+
+def read_captions(root: Path, field: str = "caption") -> dict[str, str]:
+    """Captions by path relative to ``root`` (posix), from captions.jsonl or captions.csv
+    (sidecar .txt files are read per video by :class:`VideoFolder`)."""
+    if (root / "captions.jsonl").exists():
+        captions = {}
+        for n, line in enumerate((root / "captions.jsonl").read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                captions[Path(row["video"]).as_posix()] = str(row[field])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                warnings.warn(f"{root / 'captions.jsonl'} line {n}: skipped ({type(e).__name__}: {e}); "
+                              f"each line needs 'video' and {field!r}", stacklevel=2)
+        return captions
+    if (root / "captions.csv").exists():
+        with open(root / "captions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"video", field} <= set(rows[0]):
+            raise ValueError(f"{root / 'captions.csv'} needs the columns 'video' and {field!r}, has {list(rows[0])}")
+        return {Path(r["video"]).as_posix(): r[field] for r in rows}
+    return {}
+
+
+def probe(path: Path) -> tuple[int, int, int, float]:
+    """``(frames, height, width, fps)`` of a video file, via its container header (the
+    frames are counted by decoding when the header does not say)."""
+    import av
+
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
+        frames = stream.frames
+        height, width = stream.codec_context.height, stream.codec_context.width
+        if not frames:
+            frames = sum(1 for _ in container.decode(stream))
+    if frames < 1 or height < 1 or width < 1:
+        raise ValueError("no decodable frames")
+    return frames, height, width, fps
+
+
+def decode_frames(path: Path, start: int, count: int, stride: int = 1) -> torch.Tensor:
+    """Frames ``start, start + stride, ...`` (``count`` of them) as ``(3, T, H, W)`` in [-1, 1]."""
+    import av
+
+    wanted = set(range(start, start + count * stride, stride))
+    frames = []
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                break
+    if len(frames) < count:
+        raise ValueError(f"decoded {len(frames)} of the {count} frames asked for")
+    return torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def resize_video(video: torch.Tensor, height: int, width: int, resize: str = "crop") -> torch.Tensor:
+    """``(3, T, h, w)`` -> ``(3, T, height, width)``: ``"crop"`` scales to cover then crops
+    the centre (aspect kept), ``"stretch"`` scales each side on its own."""
+    if resize not in ("crop", "stretch"):
+        raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
+    h, w = video.shape[-2:]
+    if (h, w) == (height, width):
+        return video
+    frames = video.transpose(0, 1)  # (T, 3, h, w): interpolate treats T as the batch
+    if resize == "crop":
+        scale = max(height / h, width / w)
+        size = (max(height, round(h * scale)), max(width, round(w * scale)))
+        frames = F.interpolate(frames, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (size[0] - height) // 2, (size[1] - width) // 2
+        frames = frames[..., top:top + height, left:left + width]
+    else:
+        frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return frames.transpose(0, 1).clamp(-1, 1).contiguous()
+
+
+class VideoFolder(Dataset):
+    """Captioned clips from a folder of videos; items ``{"video", "caption", "index"}``.
+
+    Args:
+        root: the folder (searched recursively).
+        frames, stride: a clip is ``frames`` frames taken every ``stride`` frames; a video
+            shorter than ``(frames - 1) * stride + 1`` frames only fits one-frame buckets (or
+            is skipped as too short).
+        buckets: ``(T, H, W)`` sizes; each video goes to its nearest (:func:`nearest_bucket`).
+            Default: one bucket ``(frames, 64, 64)``; pass :data:`DEFAULT_BUCKETS`-like lists
+            to keep native aspect ratios.
+        resize: ``"crop"`` or ``"stretch"`` (:func:`resize_video`).
+        caption_field: key of the caption in captions.jsonl / column in captions.csv.
+        random_clip: random start (seeded) or the first frames.
+        seed: clip starts are drawn from ``default_rng([seed, epoch, index])``.
+    """
+
+    def __init__(self, root: str | Path, frames: int = 16, stride: int = 1, buckets: Sequence[Bucket] | None = None,
+                 resize: str = "crop", caption_field: str = "caption", random_clip: bool = True, seed: int = 0) -> None:
+        if frames < 1 or stride < 1:
+            raise ValueError(f"frames and stride must be >= 1, got frames={frames}, stride={stride}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no video folder {str(root)!r}")
+        self.frames, self.stride, self.resize, self.random_clip, self.seed = frames, stride, resize, random_clip, seed
+        self.buckets: list[Bucket] = [tuple(b) for b in (buckets or [(frames, 64, 64)])]
+        for t, h, w in self.buckets:
+            if t > frames:
+                raise ValueError(f"bucket {(t, h, w)} has more frames than a clip ({frames})")
+        self.epoch = 0
+        self.items: list[VideoInfo] = []
+        self.bucket_of: list[int] = []
+        self.skipped: list[tuple[str, str]] = []
+        captions = read_captions(self.root, caption_field)
+        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+            self._add(path, captions)
+        for path, reason in self.skipped:
+            warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
+        if not self.items:
+            raise ValueError(f"no usable videos in {self.root} ({len(self.skipped)} skipped)\n{self.report()}")
+
+    def _add(self, path: Path, captions: dict[str, str]) -> None:
+        name = path.relative_to(self.root).as_posix()
+        caption = captions.get(name)
+        if caption is None and path.with_suffix(".txt").exists():
+            caption = path.with_suffix(".txt").read_text().strip()
+        if caption is None:
+            self.skipped.append((name, "no caption"))
+            return
+        try:
+            count, height, width, fps = probe(path)
+        except Exception as e:  # noqa: BLE001 -- FFmpeg raises many kinds; every one means "skip it"
+            reason = getattr(e, "strerror", None) or str(e)  # FFmpeg's message without the file name
+            self.skipped.append((name, "empty file" if reason == "empty file" else f"unreadable: {reason}"))
+            return
+        usable = (count - 1) // self.stride + 1  # clip frames this video can give
+        bucket = nearest_bucket(usable, height, width, self.buckets)
+        if bucket is None:
+            self.skipped.append((name, f"too short: {count} frames, a clip needs {(self.frames - 1) * self.stride + 1}"))
+            return
+        self.items.append(VideoInfo(path, caption, count, height, width, fps))
+        self.bucket_of.append(bucket)
+
+    def report(self) -> str:
+        """The files that were skipped and why (one line each)."""
+        lines = [f"{len(self.items)} videos used, {len(self.skipped)} skipped"]
+        lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def clip(self, i: int) -> torch.Tensor:
+        """Item ``i``'s clip, decoded and resized to its bucket: ``(3, T, H, W)``."""
+        info, (t, h, w) = self.items[i], self.buckets[self.bucket_of[i]]
+        span = (t - 1) * self.stride + 1
+        start = 0
+        if self.random_clip and info.frames > span:
+            start = int(np.random.default_rng([self.seed, self.epoch, i]).integers(0, info.frames - span + 1))
+        return resize_video(decode_frames(info.path, start, t, self.stride), h, w, self.resize)
+
+    def __getitem__(self, i: int) -> dict:
+        for j in self._same_bucket_from(i):
+            try:
+                return {"video": self.clip(j), "caption": self.items[j].caption, "index": j}
+            except Exception as e:  # noqa: BLE001 -- a file that broke after probing: report it, go on
+                name = self.items[j].path.relative_to(self.root).as_posix()
+                if (name, f"decode failed: {e}") not in self.skipped:
+                    self.skipped.append((name, f"decode failed: {e}"))
+                    warnings.warn(f"skipped {name}: decode failed ({e}); using the next video of its bucket", stacklevel=2)
+        raise RuntimeError(f"every video of bucket {self.buckets[self.bucket_of[i]]} failed to decode\n{self.report()}")
+
+    def _same_bucket_from(self, i: int):
+        """``i``, then the other items of ``i``'s bucket in order (wrapping around)."""
+        n = len(self.items)
+        return [j % n for j in range(i, i + n) if self.bucket_of[j % n] == self.bucket_of[i]]
+
+
+__all__ = ["VIDEO_SUFFIXES", "VideoFolder", "VideoInfo", "decode_frames", "probe", "read_captions", "resize_video"]
