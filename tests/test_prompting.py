@@ -184,7 +184,9 @@ def test_seam_scores_see_jumps_and_not_smooth_motion():
     assert seam_jump(moving, 8) < 1.0  # a real video has no seam
     cut = torch.cat([moving[:, :8], moving.flip(1)[:, :8]], dim=1)  # jumps to the end of the track
     assert seam_jump(cut, 8) > 5.0
-    assert score_seams(torch.stack([moving, cut]), [8])["smooth"] == 0.5
+    scores = score_seams(torch.stack([moving, cut, -torch.ones_like(moving)]), [8])  # the last one is empty
+    assert scores["smooth"] == pytest.approx(1 / 3) and scores["lost"] == pytest.approx(1 / 3)
+    assert scores["median_jump_px"] > 5.0  # median of the two visible ones: (0, > 5) -> the larger
     assert loop_jump(torch.cat([moving[:, :8], moving[:, :8].flip(1)], dim=1)) < 1.0  # there and back loops
     assert psnr(moving, moving) == float("inf") and psnr(moving, -moving) < 10
 

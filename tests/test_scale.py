@@ -91,15 +91,18 @@ def test_bucket_sampler_never_mixes_and_splits_global_batches_over_ranks():
     assert len(batches) == len(one) == sum(n // 4 for n in (17, 17, 16))
     assert all(len({buckets[i] for i in b}) == 1 and len(b) == 4 for b in batches)
     assert batches == list(BucketBatchSampler(buckets, batch_size=4, seed=1))  # deterministic
-    one.set_epoch(1)
-    assert list(one) != batches  # a new order every epoch
+    assert list(one) != batches  # each iteration is a new epoch, in a new order
     # Two ranks x 2 see exactly what one rank x 4 sees, batch for batch.
     r0, r1 = (list(BucketBatchSampler(buckets, 2, seed=1, num_replicas=2, rank=r)) for r in (0, 1))
     assert [a + b for a, b in zip(r0, r1)] == batches
-    # A resumed run skips the batches already trained on.
+    # Resuming: mid-epoch, the rest of that epoch; after a whole epoch, the next one whole.
+    run = BucketBatchSampler(buckets, 4, seed=1)
+    epoch0, epoch1 = list(run), list(run)
     resumed = BucketBatchSampler(buckets, 4, seed=1)
-    resumed.skip_batches(5)
-    assert list(resumed) == batches[5:] and list(resumed) == batches  # only the first epoch is shortened
+    resumed.resume(run.state(5) | {"epoch": 0})
+    assert list(resumed) == epoch0[5:] and list(resumed) == epoch1
+    resumed.resume(run.state(len(epoch1)))  # a checkpoint at the end of epoch 1 ...
+    assert list(resumed) == list(run) and resumed.epoch == 2  # ... resumes with the whole of epoch 2
     with pytest.raises(ValueError, match="drop_last"):
         BucketBatchSampler(buckets, 4, drop_last=False, num_replicas=2, rank=0)
     with pytest.raises(ValueError, match="no bucket holds"):
@@ -210,7 +213,8 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_reproduces_the_uninterrupted_run_bitwise(shards, tmp_path):
+@pytest.mark.parametrize("every,crash", [(5, 7), (8, 9)], ids=["mid_epoch", "at_epoch_end"])
+def test_resume_reproduces_the_uninterrupted_run_bitwise(shards, tmp_path, every, crash):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -218,16 +222,16 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(shards, tmp_path):
 
     class CrashAt(pl.Callback):
         def on_train_batch_start(self, trainer, *args):
-            if trainer.global_step == 7:
+            if trainer.global_step == crash:
                 raise _Crash("killed")
 
     args = [f"--data.init_args.shards={shards}", "--data.init_args.batch_size=2", f"--trainer.default_root_dir={tmp_path}"]
     whole = _fit(args, 10, [EMA(0.9), RNGState()])
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_last=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_last=True)
     with pytest.raises(_Crash):
         _fit(args, 10, [EMA(0.9), RNGState(), checkpoint, CrashAt()])
     resumed = _fit(args, 10, [EMA(0.9), RNGState()], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert sorted(resumed) == [6, 7, 8, 9, 10]  # 8 batches per epoch: the resume crosses an epoch
+    assert sorted(resumed) == list(range(every + 1, 11))  # 8 batches per epoch: the resume crosses an epoch
     assert all(resumed[s] == whole[s] for s in resumed), {s: (whole[s], resumed[s]) for s in resumed}
 
 

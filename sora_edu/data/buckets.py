@@ -8,7 +8,8 @@ every batch is drawn from one bucket, so a batch is one dense tensor and no toke
 
 :class:`BucketBatchSampler` is deterministic (a function of ``seed`` and the epoch), splits
 each *global* batch across data-parallel ranks (so 2 GPUs x 4 see the very batches 1 GPU
-x 8 sees), and can skip the batches a resumed run already trained on.
+x 8 sees), counts its own epochs (one per iteration) and resumes after the batches a
+checkpointed run already trained on.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         drop_last: drop each bucket's incomplete last global batch (required with several
             ranks, so every rank gets the same number of equally shaped batches).
         num_replicas, rank: data-parallel world size and this rank.
-        on_epoch: called with the epoch by :meth:`set_epoch` (a dataset whose random clip
-            starts depend on the epoch).
+        on_epoch: called with the epoch when an iteration starts (a dataset whose random
+            clip starts depend on the epoch).
     """
 
     def __init__(self, buckets: Sequence, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -70,20 +71,30 @@ class BucketBatchSampler(Sampler[list[int]]):
             self.groups.setdefault(b, []).append(i)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.num_replicas, self.rank = num_replicas, rank
-        self.epoch, self.skip, self.on_epoch = 0, 0, on_epoch
+        self.epoch, self.next_epoch, self.skip, self.on_epoch = 0, 0, 0, on_epoch
         if len(self) == 0:
             sizes = {b: len(v) for b, v in self.groups.items()}
             raise ValueError(f"no bucket holds a global batch of {batch_size * num_replicas} items (bucket sizes {sizes})")
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at the start of every epoch (as for a DistributedSampler)."""
-        self.epoch = epoch
-        if self.on_epoch is not None:
-            self.on_epoch(epoch)
+        """The epoch the next iteration draws (each iteration then counts one more epoch, so
+        the sampler keeps its own count; Lightning's reaches ``batch_sampler.sampler`` only)."""
+        self.next_epoch = epoch
 
     def skip_batches(self, n: int) -> None:
-        """The next epoch iterated starts after its first ``n`` batches (a resumed run)."""
+        """A resumed run: the next iteration starts after its first ``n`` batches."""
         self.skip = n
+
+    def state(self, batches_done: int) -> dict:
+        """Where a checkpoint taken after ``batches_done`` batches of the current iteration
+        resumes: the rest of this epoch, or (all done) the whole of the next one."""
+        if batches_done >= len(self):
+            return {"epoch": self.epoch + 1, "skip": 0}
+        return {"epoch": self.epoch, "skip": batches_done}
+
+    def resume(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+        self.skip_batches(state["skip"])
 
     def global_batches(self) -> list[list[int]]:
         """This epoch's global batches, identical on every rank."""
@@ -101,6 +112,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
         skip, self.skip = self.skip, 0
         for batch in self.global_batches()[skip:]:
             yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]

@@ -66,11 +66,13 @@ def score_image_to_video(videos: torch.Tensor, images: torch.Tensor, asked: Sequ
 
 
 def score_seams(videos: torch.Tensor, seams: Sequence[int]) -> dict:
-    """Median jump (pixels) over the batch at each seam, and the fraction with no seam over
-    ``2`` pixels (a smooth continuation)."""
-    jumps = [[seam_jump(v, s) for s in seams] for v in videos]
-    worst = [max(j) for j in jumps]
-    return {"median_jump_px": _median(worst), "smooth": sum(w <= 2.0 for w in worst) / len(worst)}
+    """Over the batch, each video's worst seam: the median jump (pixels) among videos whose
+    object is visible at every seam, the fraction with no seam over 2 pixels (smooth), and
+    the fraction whose object vanishes at a seam (lost)."""
+    worst = [max(seam_jump(v, s) for s in seams) for v in videos]
+    seen = [w for w in worst if w != float("inf")]
+    return {"median_jump_px": _median(seen), "smooth": sum(w <= 2.0 for w in worst) / len(worst),
+            "lost": 1 - len(seen) / len(worst)}
 
 
 def score_edit(edited: torch.Tensor, asked: Sequence[dict], changed: str, **vocabulary) -> dict:

@@ -40,12 +40,16 @@ class VideoTower(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, 2.0) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Every spacetime token ``(B, N, dim)`` (the captioner reads these)."""
         grid = grid_size(x.shape[-3:], self.patch_size)
         h = self.embed(x) + sincos_coords(grid_coords(*grid), self.dim).to(x.device, x.dtype)
         for block in self.blocks:
             h = block(h)
-        return self.norm(h).mean(1)
+        return self.norm(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x).mean(1)
 
 
 class TinyCLIP(nn.Module):

@@ -42,13 +42,11 @@ class ResumableLoader(DataLoader):
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
-        return {"epoch": self.trainer.current_epoch,
-                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return self.batch_sampler.state(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
-            self.batch_sampler.set_epoch(state_dict["epoch"])
-            self.batch_sampler.skip_batches(state_dict["batches_done"])
+            self.batch_sampler.resume(state_dict)
 
 
 class _Batches(pl.LightningDataModule):

@@ -196,17 +196,24 @@ class TextVideoDataModule(EncodedDataModule):
         num_train, num_val: videos rendered and encoded (held-out combinations never among them).
         frames, height, width: video size.
         batch_size: training batch.
-        captions: ``"detailed"`` (ground truth) or ``"alt_text"`` (short, noisy).
+        captions: ``"detailed"`` (ground truth), ``"alt_text"`` (short, noisy), or
+            ``"recaptioned"``: the ``captioner`` config's captions (:mod:`sora_edu.train.captioning`,
+            cached) for a ``recaption_mix`` fraction of the videos, alt-text for the rest
+            (DALL-E 3 used 95 % recaptions).
+        captioner, captioner_overrides: the cached captioner config that recaptions.
         max_len: token length of the captions (the grammar's longest one-object caption is ~16).
         seed: world seed of the training set (validation uses ``seed + 10_000``).
     """
 
     def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
                  num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
-                 captions: str = "detailed", max_len: int = 24, seed: int = 0) -> None:
+                 captions: str = "detailed", max_len: int = 24, seed: int = 0, captioner: str = "captioner",
+                 captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0) -> None:
         super().__init__()
-        if captions not in ("detailed", "alt_text"):
-            raise ValueError(f"captions must be 'detailed' or 'alt_text', got {captions!r}")
+        if captions not in ("detailed", "alt_text", "recaptioned"):
+            raise ValueError(f"captions must be 'detailed', 'alt_text' or 'recaptioned', got {captions!r}")
+        if not 0.0 <= recaption_mix <= 1.0:
+            raise ValueError(f"recaption_mix must be in [0, 1], got {recaption_mix}")
         self.save_hyperparameters()
         self.example_prompts = evaluation_prompts(4, "seen", frames, height, width)[0] + \
             evaluation_prompts(4, "held_out", frames, height, width)[0]
@@ -243,8 +250,27 @@ class TextVideoDataModule(EncodedDataModule):
             latents = torch.cat(parts).contiguous()
             write_atomic(folder / "latents.safetensors", save({"latents": latents}))
             write_atomic(folder / "captions.json", json.dumps(captions).encode())  # written last: the marker
-        ids, mask = WordTokenizer.for_world().encode(captions[hp.captions], max_len=hp.max_len)
+        if hp.captions == "recaptioned" and seed == hp.seed:  # the training set is relabelled
+            texts = self._recaptioned(latents, captions, folder)
+        else:  # validation is scored on ground truth when recaptioning
+            texts = captions["detailed" if hp.captions == "recaptioned" else hp.captions]
+        ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
         return _Latents(latents, ids, mask)
+
+    def _recaptioned(self, latents: torch.Tensor, captions: dict, folder) -> list[str]:
+        """The captioner's captions for a ``recaption_mix`` fraction (seeded per video), alt-text for the rest."""
+        import numpy as np
+
+        from .captioning import recaption
+        from .cached import cached_path, load_or_train
+
+        hp = self.hparams
+        overrides = hp.captioner_overrides or []
+        captioner = load_or_train(hp.captioner, *overrides, verbose=False)
+        recaptions = recaption(captioner, latents, str(folder / f"recaptions_{cached_path(hp.captioner, *overrides).name}.json"))
+        self.recaptions = recaptions
+        pick = np.random.default_rng([hp.seed, 95]).random(len(latents)) < hp.recaption_mix
+        return [r if k else a for r, a, k in zip(recaptions, captions["alt_text"], pick)]
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
@@ -267,7 +293,7 @@ def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 
                            **sampling) -> dict:
     """Generate ``n`` videos per split from evaluation prompts and score them with the
     world-truth scorer: ``{split: {attribute: accuracy, ..., "all": fully correct}}``.
-    ``sampling`` goes to the sampler (steps, guidance, ...)."""
+    With ``frames=1`` (images) motion is not scored. ``sampling`` goes to the sampler."""
     shape = module.vae.latent_shape(frames, height, width)
     out = {}
     for split in splits:
@@ -275,6 +301,8 @@ def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 
         videos = torch.cat([
             module.generate((len(p), *shape), p, frames=frames, seed=seed + i, **sampling).cpu()
             for i, p in enumerate(prompts[j:j + batch_size] for j in range(0, n, batch_size))])
+        if frames == 1:  # an image shows no motion: score the rest (the scorer reads 2 equal frames)
+            videos, wanted = videos.expand(-1, -1, 2, -1, -1), [{k: v for k, v in w.items() if k != "motion"} for w in wanted]
         out[split] = adherence(videos, wanted, **T2V_VOCABULARY)
     return out
 
