@@ -88,13 +88,10 @@ class VideoPipeline:
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels ``(B, 3, T, H, W)`` -> latents in the denoiser's space."""
-        with torch.no_grad():
-            z = self.vae.encode(video.to(self.module.device)) * self.vae.scale_factor
-        return self.module.normalise(z)
+        return self.module.encode(video)
 
     def decode(self, z: torch.Tensor, frames: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.vae.decode(self.module.denormalise(z) / self.vae.scale_factor, frames).clamp(-1, 1).cpu()
+        return self.module.decode(z, frames).cpu()
 
     def _sample(self, prompts: list[str], shape: tuple, seed: int, **kwargs) -> torch.Tensor:
         kwargs.setdefault("steps", self.steps)

@@ -95,6 +95,11 @@ class WordTokenizer:
     def load(cls, path: str | Path) -> "WordTokenizer":
         return cls(json.loads(Path(path).read_text()))
 
+    @classmethod
+    def load_or_world(cls, path: str | Path | None) -> "WordTokenizer":
+        """A saved vocabulary, or (``None``) the Shapes world's."""
+        return cls.load(path) if path else cls.for_world()
+
 
 class TextEncoder(nn.Module):
     """``(ids, mask) -> (tokens (B, L, dim), pooled (B, dim))``; padding never changes the output."""

@@ -68,7 +68,7 @@ class DiffusionModule(pl.LightningModule):
             from ..models.text import WordTokenizer
 
             # The Shapes world's words, or a vocabulary file (`sora-edu encode` writes one for your captions).
-            self.tokenizer = WordTokenizer.load(tokenizer) if tokenizer else WordTokenizer.for_world()
+            self.tokenizer = WordTokenizer.load_or_world(tokenizer)
             if net.text.embed.num_embeddings != len(self.tokenizer):
                 raise ValueError(f"the network's text vocabulary has {net.text.embed.num_embeddings} words but the "
                                  f"world's tokenizer has {len(self.tokenizer)}: set net vocab_size={len(self.tokenizer)}")
@@ -318,14 +318,22 @@ class DiffusionModule(pl.LightningModule):
         return out
 
     @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Videos ``(B, 3, T, H, W)`` -> latents in the denoiser's space (the VAE's, scaled, normalised)."""
+        return self.normalise(self.vae.encode(video.to(self.device)) * self.vae.scale_factor)
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """The inverse of :meth:`encode`: latents -> videos in [-1, 1] (cropped to ``frames``)."""
+        return self.vae.decode(self.denormalise(x) / self.vae.scale_factor, frames).clamp(-1, 1)
+
+    @torch.no_grad()
     def generate(self, shape: tuple[int, ...], cond=None, frames: int | None = None,
                  seed: int = 0, **kwargs) -> torch.Tensor:
         """Samples as data: pixels as they are, latents decoded by the VAE (to ``frames``).
         ``kwargs`` go to :meth:`sample` (given frames, SDEdit start, sampler options)."""
         x = self.sample(shape, cond, seed, **kwargs)
-        if self.vae is None:
-            return x.clamp(-1, 1)
-        return self.vae.decode(self.denormalise(x) / self.vae.scale_factor, frames).clamp(-1, 1)
+        return x.clamp(-1, 1) if self.vae is None else self.decode(x, frames)
 
 
 def net_channels(net: nn.Module) -> int:

@@ -52,11 +52,6 @@ class ResumableLoader(DataLoader):
 class _Batches(pl.LightningDataModule):
     """Bucketed, rank-aware, resumable batches over ``self.train_set`` (which has ``bucket_of``)."""
 
-    def _tokenizer(self):
-        from ..models.text import WordTokenizer
-
-        path = self.hparams.get("tokenizer")
-        return WordTokenizer.load(path) if path else WordTokenizer.for_world()
 
     def train_dataloader(self) -> DataLoader:
         hp, trainer = self.hparams, self.trainer
@@ -71,7 +66,9 @@ class _Batches(pl.LightningDataModule):
         batch = {"x": torch.stack([it["x"] for it in items]), "index": torch.tensor([it["index"] for it in items])}
         if self.hparams.get("text", True):
             if getattr(self, "_tok", None) is None:
-                self._tok = self._tokenizer()
+                from ..models.text import WordTokenizer
+
+                self._tok = WordTokenizer.load_or_world(self.hparams.get("tokenizer"))
             batch["ids"], batch["mask"] = self._tok.encode([it["caption"] for it in items], max_len=self.hparams.max_len)
         return batch
 
