@@ -265,3 +265,33 @@ def test_channel_latent_norm_standardises_and_inverts():
     assert "latent_mean" in module.state_dict()  # travels with the checkpoint
     with pytest.raises(ValueError, match="latent_norm"):
         DiffusionModule(SpacetimeDiT(4, (1, 2, 2), dim=16, depth=1, heads=2), latent_norm="pixel")
+
+
+def test_flow_shift_moves_times_towards_noise_and_samplers_follow():
+    d = Diffusion("flow_x0", flow_shift=3.0)
+    u = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    torch.testing.assert_close(d.shift(u), torch.tensor([0.0, 0.5, 0.75, 1.0]))  # SD3: s t / (1 + (s - 1) t)
+    t = d.sample_t(20_000, generator=torch.Generator().manual_seed(0))
+    assert 0.74 < t.median() < 0.76  # uniform times have median 0.5; shifted by 3: 0.75
+    assert Diffusion("flow_x0").shift(u) is u
+    # The sampler's grid is shifted too (more steps near noise), and an oracle still lands on x0.
+    seen = []
+    x0 = torch.rand(2, 3, 4, 4) * 2 - 1
+    base = oracle(d, x0)
+    out = sample(d, lambda x, tm, c: seen.append(float(tm[0]) / d.steps) or base(x, tm, c), x0.shape,
+                 sampler="euler", steps=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
+    assert seen == pytest.approx([1.0, 0.9, 0.75, 0.5])
+    # SDEdit from t_start keeps its start time under a shift.
+    seen.clear()
+    sample(d, lambda x, tm, c: seen.append(float(tm[0]) / d.steps) or base(x, tm, c), x0.shape, sampler="euler",
+           steps=4, start=x0, t_start=0.5, generator=torch.Generator().manual_seed(0))
+    assert seen[0] == pytest.approx(0.5) and len(seen) == 2
+    with pytest.raises(ValueError, match="flow_shift must be > 0"):
+        Diffusion("flow", flow_shift=0.0)
+    # The config option reaches the module's process.
+    from sora_edu.train.cli import from_config
+
+    cli = from_config("dit_class", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                      "--model.init_args.flow_shift=3.0")
+    assert cli.model.diffusion.flow_shift == 3.0

@@ -36,7 +36,7 @@ class DiffusionModule(pl.LightningModule):
                  clip: float | None = 1.0, flow_times: str = "uniform", latent_norm: str = "global",
                  tokenizer: str | None = None, compile: bool = False, loss_weight: str = "none",
                  frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
-                 init_overrides: list[str] | None = None) -> None:
+                 init_overrides: list[str] | None = None, flow_shift: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
@@ -54,7 +54,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"latent_norm must be 'global' or 'channel', got {latent_norm!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight)
+        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight, flow_shift=flow_shift)
         # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
         # holds the denoiser only, and the optimiser and .train() never touch the VAE.
         self.__dict__["_vae"] = None
