@@ -274,6 +274,7 @@ def test_flow_shift_moves_times_towards_noise_and_samplers_follow():
     t = d.sample_t(20_000, generator=torch.Generator().manual_seed(0))
     assert 0.74 < t.median() < 0.76  # uniform times have median 0.5; shifted by 3: 0.75
     assert Diffusion("flow_x0").shift(u) is u
+    torch.testing.assert_close(d.unshift(d.shift(u)), u)
     # The sampler's grid is shifted too (more steps near noise), and an oracle still lands on x0.
     seen = []
     x0 = torch.rand(2, 3, 4, 4) * 2 - 1

@@ -98,6 +98,11 @@ class Diffusion:
         s = self.flow_shift
         return t if s == 1 else s * t / (1 + (s - 1) * t)
 
+    def unshift(self, t):
+        """The inverse of :meth:`shift`: the uniform time that lands on ``t``."""
+        s = self.flow_shift
+        return t if s == 1 else t / (s - (s - 1) * t)
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the network is given: a float in ``[0, T)`` for both families."""
         return t.float() * self.steps if self.is_flow else t.float()

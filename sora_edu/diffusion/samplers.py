@@ -105,8 +105,7 @@ def sample(diffusion: Diffusion, model: Callable, shape: tuple[int, ...], cond=N
     if diffusion.is_flow:
         # Evenly spaced in the unshifted time, so a shifted model takes more steps near noise.
         top = t_start if start is not None else 1.0
-        u_top = top / (diffusion.flow_shift - (diffusion.flow_shift - 1) * top)  # the shift's inverse
-        times = diffusion.shift(torch.linspace(u_top, 0.0, steps + 1, dtype=torch.float64)).tolist()
+        times = diffusion.shift(torch.linspace(diffusion.unshift(top), 0.0, steps + 1, dtype=torch.float64)).tolist()
         times[0] = top
         for t, s in zip(times[:-1], times[1:]):
             x0, eps = estimate(x, t)
