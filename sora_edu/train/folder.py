@@ -52,7 +52,6 @@ class ResumableLoader(DataLoader):
 class _Batches(pl.LightningDataModule):
     """Bucketed, rank-aware, resumable batches over ``self.train_set`` (which has ``bucket_of``)."""
 
-
     def train_dataloader(self) -> DataLoader:
         hp, trainer = self.hparams, self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
