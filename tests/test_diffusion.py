@@ -47,6 +47,9 @@ def test_each_objective_target_and_its_inverse(objective):
     t = torch.tensor([0.1, 0.5, 0.7, 0.9]) if d.is_flow else torch.tensor([3, 300, 600, 900])
     target = d.target(x0, noise, t)
     expected = {"eps": noise, "x0": x0, "flow": noise - x0, "flow_x0": x0}
+    if objective == "flow_edm":  # (t x0 - (1 - t) eps) / r: unit variance for unit data at every t
+        tt = t.reshape(4, 1, 1, 1)
+        expected["flow_edm"] = (tt * x0 - (1 - tt) * noise) / ((1 - tt) ** 2 + tt ** 2).sqrt()
     if objective == "v":
         a = d.schedule.alpha_bar[t].reshape(4, 1, 1, 1)
         expected["v"] = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -55,6 +58,17 @@ def test_each_objective_target_and_its_inverse(objective):
     x0_hat, eps_hat = d.predict(target, d.q_sample(x0, t, noise), t)
     torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(eps_hat, noise, atol=1e-4, rtol=1e-4)
+
+
+def test_flow_edm_target_has_unit_variance_and_copies_at_low_noise():
+    d = Diffusion("flow_edm")
+    x0, noise = torch.randn(20000), torch.randn(20000)
+    for t in (0.02, 0.3, 0.5, 0.9, 0.999):
+        assert abs(d.target(x0, noise, torch.full((20000,), t)).var().item() - 1) < 0.05, t
+    # a zero output is the input itself near t = 0 and x0 = 0 (the data mean) near t = 1
+    x_t = d.q_sample(x0[:4, None], torch.full((4,), 0.001), noise[:4, None])
+    torch.testing.assert_close(d.predict(torch.zeros(4, 1), x_t, torch.full((4,), 0.001))[0], x_t, atol=2e-3, rtol=0)
+    torch.testing.assert_close(d.predict(torch.zeros(4, 1), x_t, torch.ones(4))[0], torch.zeros(4, 1))
 
 
 def oracle(d: Diffusion, x0: torch.Tensor):
@@ -69,7 +83,8 @@ def oracle(d: Diffusion, x0: torch.Tensor):
 
 @pytest.mark.parametrize("objective,sampler,steps", [("eps", "ddpm", 250), ("eps", "ddpm", 1000), ("eps", "ddim", 25),
                                                      ("v", "ddim", 10), ("x0", "ddpm", 50), ("flow", "euler", 10),
-                                                     ("flow", "heun", 5), ("flow_x0", "euler", 10)])
+                                                     ("flow", "heun", 5), ("flow_x0", "euler", 10),
+                                                     ("flow_edm", "euler", 10), ("flow_edm", "heun", 5)])
 def test_a_sampler_with_an_oracle_denoiser_returns_x0(objective, sampler, steps):
     d = Diffusion(objective)
     x0 = torch.rand(2, 3, 4, 4) * 2 - 1

@@ -12,7 +12,12 @@ Two families share it:
   velocity ``eps - x0`` (Liu et al., arXiv 2209.03003; Lipman et al., arXiv 2210.02747),
   or (``"flow_x0"``) the clean ``x0`` on the same path: a transformer whose patch holds
   more numbers than its width cannot carry the noise through to a velocity, while ``x0``
-  is structured and low-dimensional (notebook 06 measures it).
+  is structured and low-dimensional (notebook 06 measures it), or (``"flow_edm"``) EDM's
+  preconditioned target (Karras et al., arXiv 2206.00364): with ``r^2 = (1 - t)^2 + t^2``
+  (unit-variance data), the network predicts ``(t x0 - (1 - t) eps) / r``, unit variance at
+  every ``t``, from which ``x0 = ((1 - t) x_t + t r out) / r^2``: near ``t = 0`` the input
+  is copied through (which an ``x0`` head cannot do), near ``t = 1`` the output is ``x0``
+  (no noise to carry). On the variance-preserving path it is Salimans & Ho's ``v``.
 
 Flow training times are uniform, or **logit-normal** (``flow_times="logit_normal"``:
 ``t = sigmoid(n)``, ``n ~ N(0, 1)``), which spends training on the middle of the path where
@@ -45,7 +50,7 @@ import torch.nn.functional as F
 
 from .schedule import NoiseSchedule
 
-OBJECTIVES = ("eps", "x0", "v", "flow", "flow_x0")
+OBJECTIVES = ("eps", "x0", "v", "flow", "flow_x0", "flow_edm")
 Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
@@ -73,7 +78,7 @@ class Diffusion:
 
     @property
     def is_flow(self) -> bool:
-        return self.objective in ("flow", "flow_x0")
+        return self.objective in ("flow", "flow_x0", "flow_edm")
 
     # --- time -----------------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class Diffusion:
         if self.objective == "flow":
             return noise - x0
         s, n = self.coefficients(t, x0)
+        if self.objective == "flow_edm":
+            return (n * x0 - s * noise) / (s * s + n * n).sqrt()
         return s * noise - n * x0
 
     def predict(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +155,10 @@ class Diffusion:
             return s * x_t - n * out, n * x_t + s * out
         if self.objective == "flow_x0":  # eps = (x_t - (1 - t) x0) / t
             return out, (x_t - s * out) / n.clamp_min(1e-3)
+        if self.objective == "flow_edm":  # solve x_t = s x0 + n eps, r out = n x0 - s eps
+            r2 = s * s + n * n
+            r = r2.sqrt()
+            return (s * x_t + n * r * out) / r2, (n * x_t - s * r * out) / r2
         return x_t - n * out, x_t + s * out  # flow: x0 = x_t - t v, eps = x_t + (1 - t) v
 
     def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
