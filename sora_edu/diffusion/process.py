@@ -16,8 +16,9 @@ Two families share it:
   preconditioned target (Karras et al., arXiv 2206.00364): with ``r^2 = (1 - t)^2 + t^2``
   (unit-variance data), the network predicts ``(t x0 - (1 - t) eps) / r``, unit variance at
   every ``t``, from which ``x0 = ((1 - t) x_t + t r out) / r^2``: near ``t = 0`` the input
-  is copied through (which an ``x0`` head cannot do), near ``t = 1`` the output is ``x0``
-  (no noise to carry). On the variance-preserving path it is Salimans & Ho's ``v``.
+  is copied through by the formula (an ``x0`` head must learn the copy), near ``t = 1`` the
+  output is ``x0`` (no noise to carry). On the variance-preserving path it is Salimans &
+  Ho's ``v`` with the sign flipped.
 
 Flow training times are uniform, or **logit-normal** (``flow_times="logit_normal"``:
 ``t = sigmoid(n)``, ``n ~ N(0, 1)``), which spends training on the middle of the path where
@@ -78,7 +79,7 @@ class Diffusion:
 
     @property
     def is_flow(self) -> bool:
-        return self.objective in ("flow", "flow_x0", "flow_edm")
+        return self.objective.startswith("flow")
 
     # --- time -----------------------------------------------------------------------------
 
