@@ -149,6 +149,70 @@ def test_video_folder_reads_csv_and_sidecar_captions(tmp_path):
         VideoFolder(tmp_path / "c")
 
 
+def _keyframed_video(path, frames, gop, size=32, fps=24):
+    """An H.264 file with a keyframe every ``gop`` frames; frame k has a bright row k (mod size)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        for k in range(frames):
+            image = np.zeros((size, size, 3), np.uint8)
+            image[:, :, 0] = (k * 7) % 256
+            image[k % size, :, 1] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_decode_frames_seeks_to_the_same_frames_as_decoding_from_the_start(tmp_path):
+    from sora_edu.data.video_folder import _decode, decode_frames
+
+    path = tmp_path / "long.mp4"
+    _keyframed_video(path, 120, gop=8)
+    for start, count, stride in [(0, 4, 1), (3, 5, 2), (47, 8, 3), (64, 6, 1), (100, 10, 2)]:
+        clip = decode_frames(path, start, count, stride)
+        assert clip.shape == (3, count, 32, 32)
+        torch.testing.assert_close(clip, _decode(path, start, count, stride, seek=False), rtol=0, atol=0)
+    # The frames really are start, start + stride, ...: the bright row says which one.
+    rows = decode_frames(path, 47, 3, 3)[1].mean(-1).argmax(-1)
+    assert rows.tolist() == [k % 32 for k in (47, 50, 53)]
+    with pytest.raises(ValueError, match="decoded 5 of the 8 frames"):
+        decode_frames(path, 115, 8)
+    # A GIF (its own frame timing) gives the same clips as well.
+    save_video(tmp_path / "x.gif", torch.rand(3, 30, 16, 16) * 2 - 1)
+    for start in (0, 7, 20):
+        torch.testing.assert_close(decode_frames(tmp_path / "x.gif", start, 4, 2),
+                                   _decode(tmp_path / "x.gif", start, 4, 2, seek=False), rtol=0, atol=0)
+
+
+def test_video_folder_probes_each_file_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "videos"
+    for s in _world_videos(3, SIZE, SIZE, seed=0):
+        save_video(root / f"{s.index}.mp4", s.video)
+        (root / f"{s.index}.txt").write_text(s.caption)
+    (root / "broken.mp4").write_bytes(b"not a video")
+    (root / "broken.txt").write_text("a red circle")
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        first = VideoFolder(root, FRAMES)
+    assert first.probed == 4 and len(first) == 3
+    with pytest.warns(UserWarning, match="broken.mp4"):  # an index entry keeps the reason too
+        again = VideoFolder(root, FRAMES)
+    assert again.probed == 0
+    assert again.items == first.items and again.bucket_of == first.bucket_of and again.skipped == first.skipped
+    # A changed file is probed again (and only it); so is every file without the index.
+    save_video(root / "0.mp4", _world_videos(1, SIZE, SIZE, seed=9)[0].video[:, :FRAMES])
+    with pytest.warns(UserWarning):
+        changed = VideoFolder(root, FRAMES)
+    assert changed.probed == 1 and changed.items[0].frames == FRAMES
+    with pytest.warns(UserWarning):
+        assert VideoFolder(root, FRAMES, probe_index=False).probed == 4
+
+
 def test_resize_video_crop_keeps_aspect():
     video = -torch.ones(3, 2, 32, 64)
     video[:, :, 8:24, 24:40] = 1  # a 16x16 square in the middle

@@ -13,7 +13,10 @@ Decoding uses **PyAV** (FFmpeg bundled in the wheel, so it installs anywhere pip
 torchvision 0.29 dropped video I/O and torchcodec needs a system FFmpeg). Every file is
 probed once when the dataset is built: empty, unreadable, uncaptioned or too-short files
 are skipped with a warning and listed in :attr:`VideoFolder.skipped` (``report()`` prints
-them), and training goes on with the rest. A file that fails later, mid-decode, is
+them), and training goes on with the rest. What probing found is kept in an index
+(``SORA_EDU_CACHE/video_index/``, keyed by the folder, each file checked by size and
+modification time), so the next run, and every other DDP rank, opens only new or changed
+files. A file that fails later, mid-decode, is
 reported the same way and replaced by the next good item of its bucket.
 
 Each item is a clip of ``frames`` frames taken every ``stride`` frames from a random start
@@ -99,17 +102,51 @@ def probe(path: Path) -> tuple[int, int, int, float]:
 
 
 def decode_frames(path: Path, start: int, count: int, stride: int = 1) -> torch.Tensor:
-    """Frames ``start, start + stride, ...`` (``count`` of them) as ``(3, T, H, W)`` in [-1, 1]."""
+    """Frames ``start, start + stride, ...`` (``count`` of them) as ``(3, T, H, W)`` in [-1, 1].
+
+    A clip that starts late in a long video is not decoded from the first frame: the
+    container seeks to the keyframe at or before ``start`` and frames are numbered by
+    their timestamps. Where timestamps are missing, skip or repeat (a variable frame rate)
+    or the seek lands past ``start``, it decodes from the beginning and counts frames."""
+    if start > 0:
+        try:
+            return _decode(path, start, count, stride, seek=True)
+        except _NoSeek:
+            pass
+    return _decode(path, start, count, stride, seek=False)
+
+
+class _NoSeek(Exception):
+    """Seeking cannot be trusted for this file."""
+
+
+def _decode(path: Path, start: int, count: int, stride: int, seek: bool) -> torch.Tensor:
     import av
 
-    wanted = set(range(start, start + count * stride, stride))
+    last = start + (count - 1) * stride
     frames = []
     with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == count:
+        stream = container.streams.video[0]
+        rate, base, origin = stream.average_rate or stream.guessed_rate, stream.time_base, stream.start_time or 0
+        if seek:
+            if not rate or not base:
+                raise _NoSeek
+            container.seek(origin + int(start / rate / base), stream=stream, backward=True, any_frame=False)
+        previous = None
+        for i, frame in enumerate(container.decode(stream)):
+            if seek:
+                if frame.pts is None:
+                    raise _NoSeek
+                i = round((frame.pts - origin) * base * rate)
+                # Past the clip's start, or timestamps that skip or repeat (a variable frame
+                # rate): numbering by time would not match numbering by decode order.
+                if (previous is None and i > start) or (previous is not None and i != previous + 1):
+                    raise _NoSeek
+                previous = i
+            if i > last:
                 break
+            if i >= start and (i - start) % stride == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
     if len(frames) < count:
         raise ValueError(f"decoded {len(frames)} of the {count} frames asked for")
     return torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
@@ -150,10 +187,12 @@ class VideoFolder(Dataset):
         caption_field: key of the caption in captions.jsonl / column in captions.csv.
         random_clip: random start (seeded) or the first frames.
         seed: clip starts are drawn from ``default_rng([seed, epoch, index])``.
+        probe_index: reuse (and update) the cached probe index; ``False`` probes every file.
     """
 
     def __init__(self, root: str | Path, frames: int = 16, stride: int = 1, buckets: Sequence[Bucket] | None = None,
-                 resize: str = "crop", caption_field: str = "caption", random_clip: bool = True, seed: int = 0) -> None:
+                 resize: str = "crop", caption_field: str = "caption", random_clip: bool = True, seed: int = 0,
+                 probe_index: bool = True) -> None:
         if frames < 1 or stride < 1:
             raise ValueError(f"frames and stride must be >= 1, got frames={frames}, stride={stride}")
         self.root = Path(root)
@@ -168,15 +207,40 @@ class VideoFolder(Dataset):
         self.items: list[VideoInfo] = []
         self.bucket_of: list[int] = []
         self.skipped: list[tuple[str, str]] = []
+        self.probed = 0  # files opened to probe them (the rest came from the index)
+        index_path = _index_path(self.root) if probe_index else None
+        old = _read_index(index_path) if index_path else {}
+        self._index: dict[str, dict] = {}
         captions = read_captions(self.root, caption_field)
         for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
-            self._add(path, captions)
+            self._add(path, captions, old)
+        if index_path and self._index != old:
+            from ..viz import write_atomic
+
+            write_atomic(index_path, json.dumps(self._index, sort_keys=True).encode())
         for path, reason in self.skipped:
             warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
         if not self.items:
             raise ValueError(f"no usable videos in {self.root} ({len(self.skipped)} skipped)\n{self.report()}")
 
-    def _add(self, path: Path, captions: dict[str, str]) -> None:
+    def _probe(self, path: Path, name: str, old: dict) -> tuple[int, int, int, float]:
+        """:func:`probe`, or the index's record of it when the file has not changed."""
+        stat = path.stat()
+        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        entry = old.get(name)
+        if entry is None or {k: entry.get(k) for k in key} != key:
+            self.probed += 1
+            try:
+                entry = key | {"probe": list(probe(path))}
+            except Exception as e:  # noqa: BLE001 -- FFmpeg raises many kinds; every one means "skip it"
+                entry = key | {"error": getattr(e, "strerror", None) or str(e)}  # FFmpeg's message, no file name
+        self._index[name] = entry
+        if "error" in entry:
+            raise ValueError(entry["error"])
+        frames, height, width, fps = entry["probe"]
+        return int(frames), int(height), int(width), float(fps)
+
+    def _add(self, path: Path, captions: dict[str, str], old: dict) -> None:
         name = path.relative_to(self.root).as_posix()
         caption = captions.get(name)
         if caption is None and path.with_suffix(".txt").exists():
@@ -185,9 +249,9 @@ class VideoFolder(Dataset):
             self.skipped.append((name, "no caption"))
             return
         try:
-            count, height, width, fps = probe(path)
-        except Exception as e:  # noqa: BLE001 -- FFmpeg raises many kinds; every one means "skip it"
-            reason = getattr(e, "strerror", None) or str(e)  # FFmpeg's message without the file name
+            count, height, width, fps = self._probe(path, name, old)
+        except ValueError as e:
+            reason = str(e)
             self.skipped.append((name, "empty file" if reason == "empty file" else f"unreadable: {reason}"))
             return
         usable = (count - 1) // self.stride + 1  # clip frames this video can give
@@ -234,6 +298,21 @@ class VideoFolder(Dataset):
         """``i``, then the other items of ``i``'s bucket in order (wrapping around)."""
         n = len(self.items)
         return [j % n for j in range(i, i + n) if self.bucket_of[j % n] == self.bucket_of[i]]
+
+
+def _index_path(root: Path) -> Path:
+    from ..cache import cache_dir, config_hash
+
+    return cache_dir() / "video_index" / f"{config_hash({'root': str(root.resolve())})}.json"
+
+
+def _read_index(path: Path) -> dict:
+    """The probe index, or nothing when it is missing or unreadable (it is only a cache)."""
+    try:
+        index = json.loads(path.read_text())
+        return index if isinstance(index, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoFolder", "VideoInfo", "decode_frames", "probe", "read_captions", "resize_video"]
