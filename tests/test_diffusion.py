@@ -153,7 +153,7 @@ def test_bad_inputs_raise_clear_errors():
         sample(f, lambda x, t, c: x, (2, 1, 4, 4), sampler="ddim")
     with pytest.raises(ValueError, match="objective must be one of"):
         Diffusion("score")
-    with pytest.raises(ValueError, match=r"expected x \(B, C, H, W\) with C = 1"):
+    with pytest.raises(ValueError, match=r"expected x \(B, C, H, W\) or \(B, C, T, H, W\) with C = 1"):
         UNet(1, (8, 8))(torch.zeros(2, 3, 8, 8), torch.zeros(2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="multiples of 4"):
         UNet(1, (8, 8, 8))(torch.zeros(2, 1, 6, 6), torch.zeros(2), torch.zeros(2, dtype=torch.long))
@@ -311,3 +311,29 @@ def test_flow_shift_moves_times_towards_noise_and_samplers_follow():
     cli = from_config("dit_class", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
                       "--model.init_args.flow_shift=3.0")
     assert cli.model.diffusion.flow_shift == 3.0
+
+
+def test_text_unet_runs_frame_by_frame_and_reads_the_prompt():
+    from sora_edu.models.text import WordTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.for_world()
+    net = UNet(4, (8, 16), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=32).eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # zero at init: make the output visible
+    for block in [*net.down, *net.up]:
+        for b in block:
+            torch.nn.init.normal_(b.conv2.weight, std=0.1)
+    ids, mask = tokenizer.encode(["a red circle moves left", "a blue square moves up"], max_len=12)
+    cond, t = {"ids": ids, "mask": mask}, torch.tensor([0.3, 0.7])
+    video = torch.randn(2, 4, 3, 8, 8)
+    out = net(video, t, cond)
+    assert out.shape == video.shape
+    # A video is its frames, each denoised as an image under the same condition.
+    for f in range(3):
+        torch.testing.assert_close(out[:, :, f], net(video[:, :, f], t, cond))
+    swapped = {"ids": ids.flip(0), "mask": mask.flip(0)}
+    assert (net(video, t, swapped) - out).abs().amax() > 1e-3  # the prompt changes the output
+    with pytest.raises(ValueError, match="text-conditional"):
+        net(video, t, None)
+    with pytest.raises(ValueError, match="classes or on text"):
+        UNet(4, (8, 16), num_classes=3, vocab_size=10)

@@ -9,7 +9,12 @@ video latents ``(B, C, T, H, W)``, where 3x3x3 convolutions mix time and only sp
 downsampled (latent clips are a handful of frames long).
 
 Class conditioning: ``cond (B,)`` long labels in ``[0, num_classes]``; the extra label
-``num_classes`` is the *null* condition for classifier-free guidance.
+``num_classes`` is the *null* condition for classifier-free guidance. Text conditioning
+(``vocab_size``): ``cond = {"ids": (B, L), "mask": (B, L)}``, encoded by a
+:class:`~sora_edu.models.text.TextEncoder` trained jointly; its pooled output joins the
+time embedding, as in the spacetime DiT's adaLN (the empty prompt is the null text). A
+``dims=2`` U-Net given ``(B, C, T, H, W)`` runs on every frame on its own (T = 1: images
+from the text-to-video data), the DiT's convolutional counterpart in notebook 06's levers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..diffusion.embedding import TimestepEmbedder
+from .text import TextEncoder
 
 
 class ResBlock(nn.Module):
@@ -45,15 +51,21 @@ class UNet(nn.Module):
     resolution (``len(channels) - 1`` halvings of H and W, which must divide them)."""
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128), dims: int = 2,
-                 num_classes: int | None = 10, emb_dim: int = 128, blocks: int = 1) -> None:
+                 num_classes: int | None = 10, emb_dim: int = 128, blocks: int = 1, vocab_size: int | None = None,
+                 text_dim: int = 64, text_depth: int = 2) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 (images) or 3 (videos), got {dims}")
+        if num_classes and vocab_size:
+            raise ValueError("condition on classes or on text, not both (set num_classes=null for text)")
         self.dims, self.in_channels, self.num_classes = dims, in_channels, num_classes
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.levels = len(channels)
         self.time = TimestepEmbedder(emb_dim)
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.text = TextEncoder(vocab_size, text_dim, text_depth, heads=max(1, text_dim // 32)) if vocab_size else None
+        if self.text is not None:
+            self.text_pooled = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = conv(in_channels, channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
@@ -74,9 +86,9 @@ class UNet(nn.Module):
     def _scale(self) -> tuple[int, ...]:
         return (2, 2) if self.dims == 2 else (1, 2, 2)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        layout = "(B, C, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
-        if x.ndim != self.dims + 2 or x.shape[1] != self.in_channels:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        layout = "(B, C, H, W) or (B, C, T, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
+        if x.ndim not in {self.dims + 2, 5} or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x {layout} with C = {self.in_channels}, got shape {tuple(x.shape)}")
         factor = 2 ** (self.levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
@@ -87,6 +99,17 @@ class UNet(nn.Module):
                 raise ValueError(f"this U-Net is class-conditional: pass cond (B,) labels in [0, {self.num_classes}] "
                                  f"({self.num_classes} = null)")
             emb = emb + self.label(cond)
+        elif self.text is not None:
+            if not isinstance(cond, dict) or "ids" not in cond or "mask" not in cond:
+                raise ValueError("this U-Net is text-conditional: expected cond = {'ids': (B, L), 'mask': (B, L)}")
+            emb = emb + self.text_pooled(self.text(cond["ids"], cond["mask"])[1])
+        if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch
+            frames = x.shape[2]
+            out = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0))
+            return out.unflatten(0, (x.shape[0], frames)).transpose(1, 2)
+        return self._trunk(x, emb)
+
+    def _trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down):
