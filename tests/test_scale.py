@@ -211,6 +211,16 @@ def test_video_folder_probes_each_file_once(tmp_path, monkeypatch):
     assert changed.probed == 1 and changed.items[0].frames == FRAMES
     with pytest.warns(UserWarning):
         assert VideoFolder(root, FRAMES, probe_index=False).probed == 4
+    # A damaged index is only a cache: its entries are probed again.
+    from sora_edu.data.video_folder import _index_path
+
+    _index_path(root).write_text(json.dumps({"1.mp4": {"size": 1}, "2.mp4": "junk"}))
+    with pytest.warns(UserWarning):
+        repaired = VideoFolder(root, FRAMES)
+    assert repaired.probed == 4 and repaired.items == changed.items
+    _index_path(root).write_text("{not json")
+    with pytest.warns(UserWarning):
+        assert VideoFolder(root, FRAMES).probed == 4
 
 
 def test_resize_video_crop_keeps_aspect():

@@ -217,7 +217,10 @@ class VideoFolder(Dataset):
         if index_path and self._index != old:
             from ..viz import write_atomic
 
-            write_atomic(index_path, json.dumps(self._index, sort_keys=True).encode())
+            try:
+                write_atomic(index_path, json.dumps(self._index, sort_keys=True).encode())
+            except OSError as e:  # only a cache: a read-only cache folder costs the next run a probe
+                warnings.warn(f"could not write the probe index {index_path}: {e}", stacklevel=2)
         for path, reason in self.skipped:
             warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
         if not self.items:
@@ -228,7 +231,7 @@ class VideoFolder(Dataset):
         stat = path.stat()
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         entry = old.get(name)
-        if entry is None or {k: entry.get(k) for k in key} != key:
+        if not isinstance(entry, dict) or {k: entry.get(k) for k in key} != key or not {"probe", "error"} & set(entry):
             self.probed += 1
             try:
                 entry = key | {"probe": list(probe(path))}
