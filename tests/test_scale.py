@@ -214,7 +214,9 @@ def test_video_folder_probes_each_file_once(tmp_path, monkeypatch):
     # A damaged index is only a cache: its entries are probed again.
     from sora_edu.data.video_folder import _index_path
 
-    _index_path(root).write_text(json.dumps({"1.mp4": {"size": 1}, "2.mp4": "junk"}))
+    stat = (root / "0.mp4").stat()
+    short = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "probe": [8, 32]}  # current, but cut short
+    _index_path(root).write_text(json.dumps({"0.mp4": short, "1.mp4": {"size": 1}, "2.mp4": "junk"}))
     with pytest.warns(UserWarning):
         repaired = VideoFolder(root, FRAMES)
     assert repaired.probed == 4 and repaired.items == changed.items

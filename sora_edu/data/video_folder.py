@@ -231,7 +231,9 @@ class VideoFolder(Dataset):
         stat = path.stat()
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         entry = old.get(name)
-        if not isinstance(entry, dict) or {k: entry.get(k) for k in key} != key or not {"probe", "error"} & set(entry):
+        usable = isinstance(entry, dict) and {k: entry.get(k) for k in key} == key and (
+            isinstance(entry.get("error"), str) or (isinstance(entry.get("probe"), list) and len(entry["probe"]) == 4))
+        if not usable:
             self.probed += 1
             try:
                 entry = key | {"probe": list(probe(path))}

@@ -61,7 +61,7 @@ class TinyCLIP(nn.Module):
                  embed_dim: int = 64) -> None:
         super().__init__()
         self.video = VideoTower(in_channels, patch_size, video_dim, video_depth)
-        self.text = TextEncoder(vocab_size, text_dim, text_depth, heads=max(1, text_dim // 32))
+        self.text = TextEncoder.of_width(vocab_size, text_dim, text_depth)
         self.video_proj = nn.Linear(video_dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))

@@ -36,7 +36,7 @@ from einops import rearrange
 
 from ..diffusion.embedding import TimestepEmbedder
 from ..patches import TubeletEmbed, grid_coords, grid_size, patch_tuple, sincos_coords, unpatchify
-from .text import TextEncoder
+from .text import TextEncoder, text_inputs
 from .vit import Attention, Mlp
 
 CONDITIONINGS = ("in_context", "cross_attn", "adaln", "adaln_zero")
@@ -215,7 +215,7 @@ class SpacetimeDiT(nn.Module):
         cross = vocab_size is not None and text_cross_attention and conditioning.startswith("adaln")
         self.text_tokens = None
         if vocab_size is not None:
-            self.text = TextEncoder(vocab_size, text_dim, text_depth, heads=max(1, text_dim // 32))
+            self.text = TextEncoder.of_width(vocab_size, text_dim, text_depth)
             if cross or not conditioning.startswith("adaln"):  # per-token text is used (else pooled only)
                 self.text_tokens = nn.Linear(text_dim, dim)
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -263,13 +263,12 @@ class SpacetimeDiT(nn.Module):
             tokens.append(y[:, None])
             mask.append(mask[0])
         elif self.text is not None:
-            if not isinstance(cond, dict) or "ids" not in cond or "mask" not in cond:
-                raise ValueError("this DiT is text-conditional: expected cond = {'ids': (B, L), 'mask': (B, L)}")
-            words, pooled = self.text(cond["ids"], cond["mask"])
+            ids, text_mask = text_inputs(cond, "DiT")
+            words, pooled = self.text(ids, text_mask)
             c = c + self.text_pooled(pooled)
             if self.text_tokens is not None:
                 tokens.append(self.text_tokens(words))
-                mask.append(cond["mask"])
+                mask.append(text_mask)
         elif cond is not None:
             raise ValueError("this DiT is unconditional: pass cond=None")
         return c, torch.cat(tokens, dim=1), torch.cat(mask, dim=1)

@@ -101,6 +101,14 @@ class WordTokenizer:
         return cls.load(path) if path else cls.for_world()
 
 
+def text_inputs(cond, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids, mask`` of a text condition ``{"ids": (B, L), "mask": (B, L)}``, or an error
+    saying that ``model`` (a DiT, a U-Net, ...) is text-conditional."""
+    if not isinstance(cond, dict) or "ids" not in cond or "mask" not in cond:
+        raise ValueError(f"this {model} is text-conditional: expected cond = {{'ids': (B, L), 'mask': (B, L)}}")
+    return cond["ids"], cond["mask"]
+
+
 class TextEncoder(nn.Module):
     """``(ids, mask) -> (tokens (B, L, dim), pooled (B, dim))``; padding never changes the output."""
 
@@ -111,6 +119,11 @@ class TextEncoder(nn.Module):
         self.register_buffer("positions", sincos_1d(torch.arange(max_len, dtype=torch.float32), dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+
+    @classmethod
+    def of_width(cls, vocab_size: int, dim: int, depth: int) -> "TextEncoder":
+        """The text tower the DiT, the U-Net and CLIP build: one attention head per 32 channels."""
+        return cls(vocab_size, dim, depth, heads=max(1, dim // 32))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if ids.ndim != 2 or mask.shape != ids.shape:

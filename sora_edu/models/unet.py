@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..diffusion.embedding import TimestepEmbedder
-from .text import TextEncoder
+from .text import TextEncoder, text_inputs
 
 
 class ResBlock(nn.Module):
@@ -63,7 +63,7 @@ class UNet(nn.Module):
         self.levels = len(channels)
         self.time = TimestepEmbedder(emb_dim)
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.text = TextEncoder(vocab_size, text_dim, text_depth, heads=max(1, text_dim // 32)) if vocab_size else None
+        self.text = TextEncoder.of_width(vocab_size, text_dim, text_depth) if vocab_size else None
         if self.text is not None:
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = conv(in_channels, channels[0], 3, padding=1)
@@ -100,9 +100,7 @@ class UNet(nn.Module):
                                  f"({self.num_classes} = null)")
             emb = emb + self.label(cond)
         elif self.text is not None:
-            if not isinstance(cond, dict) or "ids" not in cond or "mask" not in cond:
-                raise ValueError("this U-Net is text-conditional: expected cond = {'ids': (B, L), 'mask': (B, L)}")
-            emb = emb + self.text_pooled(self.text(cond["ids"], cond["mask"])[1])
+            emb = emb + self.text_pooled(self.text(*text_inputs(cond, "U-Net"))[1])
         if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch
             frames = x.shape[2]
             out = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0))
