@@ -337,3 +337,99 @@ def test_text_unet_runs_frame_by_frame_and_reads_the_prompt():
         net(video, t, None)
     with pytest.raises(ValueError, match="classes or on text"):
         UNet(4, (8, 16), num_classes=3, vocab_size=10)
+
+
+def test_temporal_unet_mixes_frames_and_starts_as_the_frame_by_frame_model():
+    torch.manual_seed(0)
+    spatial = UNet(4, (8, 16), dims=2, num_classes=3).eval()
+    for block in [*spatial.down, *spatial.up, spatial.mid]:
+        for b in (block if isinstance(block, torch.nn.ModuleList) else [block]):
+            torch.nn.init.normal_(b.conv2.weight, std=0.1)
+    torch.nn.init.normal_(spatial.conv_out.weight, std=0.1)
+    video, t, y = torch.randn(2, 4, 5, 8, 8), torch.tensor([0.3, 0.7]), torch.tensor([0, 2])
+    net = UNet(4, (8, 16), dims=2, num_classes=3, temporal=True).eval()
+    assert len(net.temporal) == 5  # after 2 down blocks, the middle one and 2 up blocks
+    # An image U-Net's weights load into it (strict=False: the temporal convs are new) and,
+    # the temporal convs being zero at init, it is the same frame-by-frame model.
+    missing, unexpected = net.load_state_dict(spatial.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("temporal.") for k in missing)
+    torch.testing.assert_close(net(video, t, y), spatial(video, t, y))
+    for m in net.temporal:
+        torch.nn.init.normal_(m.conv.weight, std=0.3)
+    out = net(video, t, y)
+    # Frame 4 now reads frame 0 (5 kernel-3 convolutions reach 5 frames away); the spatial model does not.
+    later = video.clone()
+    later[:, :, 0] += 1.0
+    assert (net(later, t, y)[:, :, 4] - out[:, :, 4]).abs().amax() > 1e-4
+    torch.testing.assert_close(spatial(later, t, y)[:, :, 4], spatial(video, t, y)[:, :, 4])
+    # Each video's frames mix only with its own: the batch stays independent.
+    torch.testing.assert_close(net(video[:1], t[:1], y[:1]), out[:1])
+    # Images (and one-frame videos) have no time to mix: the spatial U-Net alone.
+    torch.testing.assert_close(net(video[:, :, 0], t, y), spatial(video[:, :, 0], t, y))
+    torch.testing.assert_close(net(video[:, :, :1], t, y), spatial(video[:, :, :1], t, y))
+    with pytest.raises(ValueError, match="dims=3 already mixes time"):
+        UNet(4, (8, 16), dims=3, temporal=True)
+
+
+def test_unet_coordinates_and_scale_shift_options():
+    from sora_edu.models.unet import coordinates
+
+    grid = coordinates(torch.zeros(2, 8, 5, 4, 6))
+    assert grid.shape == (2, 3, 5, 4, 6)
+    torch.testing.assert_close(grid[0, 0, :, 0, 0], torch.linspace(-1, 1, 5))  # frame
+    torch.testing.assert_close(grid[0, 1, 0, :, 0], torch.linspace(-1, 1, 4))  # row
+    torch.testing.assert_close(grid[0, 2, 0, 0, :], torch.linspace(-1, 1, 6))  # column
+    image = coordinates(torch.zeros(1, 8, 4, 6))
+    assert image.shape == (1, 3, 4, 6) and torch.all(image[0, 0] == -1)  # an image is the first frame
+    torch.testing.assert_close(image[0], grid[0, :, 0])
+
+    torch.manual_seed(0)
+    y, t = torch.tensor([0, 2]), torch.tensor([0.3, 0.7])
+    for kwargs in ({"coords": True}, {"scale_shift": True}, {"coords": True, "scale_shift": True, "temporal": True}):
+        net = UNet(4, (8, 16), dims=2, num_classes=3, **kwargs).eval()
+        assert net.conv_in.in_channels == (7 if kwargs.get("coords") else 4)
+        torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+        for block in [*net.down, *net.up]:
+            for b in block:
+                torch.nn.init.normal_(b.conv2.weight, std=0.1)
+        video = torch.randn(2, 4, 3, 8, 8)
+        out = net(video, t, y)
+        assert out.shape == video.shape
+        assert (net(video, t, y.flip(0)) - out).abs().amax() > 1e-4  # the label still reaches the output
+    # With coordinates, the same content in another frame (or place) gives another output: the net
+    # knows where it is; without them (and no temporal mixing) every frame is treated alike.
+    same = torch.randn(1, 4, 1, 8, 8).expand(1, 4, 3, 8, 8).contiguous()
+    for coords in (False, True):
+        net = UNet(4, (8, 16), dims=2, num_classes=3, coords=coords).eval()
+        torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+        out = net(same, t[:1], y[:1])
+        assert ((out[:, :, 0] - out[:, :, 2]).abs().amax() > 1e-4) == coords
+
+
+
+def test_text_encoder_starts_from_a_clip_text_tower():
+    from sora_edu.models.clip import TinyCLIP
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.cached import cached_path
+    from sora_edu.train.diffusion import DiffusionModule
+
+    tokenizer = WordTokenizer.for_world()
+    torch.manual_seed(0)
+    clip = TinyCLIP(len(tokenizer), in_channels=4, video_dim=32, video_depth=1, text_dim=32, text_depth=1, embed_dim=16)
+    net = UNet(4, (8, 16), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=32, text_depth=1)
+    module = DiffusionModule(net, objective="flow_x0", num_classes=None, text_from="clip_t2v")
+    ids, mask = tokenizer.encode(["a red circle moves left", "a blue square stays still"], max_len=10)
+    before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("text.")}
+    assert (net.text(ids, mask)[1] - clip.text(ids, mask)[1]).abs().amax() > 1e-3
+    module.initialise_text_from(clip.text)
+    torch.testing.assert_close(net.text(ids, mask), clip.text(ids, mask))
+    for k, v in net.state_dict().items():  # only the text encoder changed
+        if not k.startswith("text."):
+            assert torch.equal(v, before[k]), k
+    wider = TinyCLIP(len(tokenizer), in_channels=4, video_dim=32, video_depth=1, text_dim=64, text_depth=1, embed_dim=16)
+    with pytest.raises(ValueError, match="does not match this network's text encoder"):
+        module.initialise_text_from(wider.text)
+    with pytest.raises(ValueError, match="text_from needs a text-conditional network"):
+        DiffusionModule(UNet(4, (8, 16), num_classes=3), num_classes=3, text_from="clip_t2v")
+    # The cache key follows the CLIP it started from: another CLIP, another model.
+    assert cached_path("t2v_unet") != cached_path("t2v_unet", '--model.init_args.text_overrides=["--trainer.max_steps=10"]')

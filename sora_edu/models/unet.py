@@ -15,6 +15,12 @@ Class conditioning: ``cond (B,)`` long labels in ``[0, num_classes]``; the extra
 time embedding, as in the spacetime DiT's adaLN (the empty prompt is the null text). A
 ``dims=2`` U-Net given ``(B, C, T, H, W)`` runs on every frame on its own (T = 1: images
 from the text-to-video data), the DiT's convolutional counterpart in notebook 06's levers.
+
+Three options make it a video model that can follow a prompt's motion (notebook 06's
+levers measure each): ``temporal`` adds a 1D time convolution after every spatial block of
+a ``dims=2`` U-Net, a (2+1)D network (Video Diffusion Models, arXiv 2204.03458, factorise
+space and time the same way); ``scale_shift`` lets the embedding scale the features, not
+only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) position.
 """
 
 from __future__ import annotations
@@ -29,11 +35,31 @@ from ..diffusion.embedding import TimestepEmbedder
 from .text import TextEncoder, text_inputs
 
 
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """Where each position is: ``(B, 3, [T,] H, W)`` channels (frame, row, column), each in
+    [-1, 1] (an image is frame -1, the first frame). CoordConv (arXiv 1807.03247): a
+    convolution is blind to position, so a layout that depends on the prompt ("moves left"
+    starts on the right, and the object is elsewhere in every frame) can only be read off the
+    padding; handed the coordinates, a scale from the prompt can place it directly."""
+    frames = x.shape[2] if x.ndim == 5 else 1
+    axes = [torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype) if n > 1 else
+            torch.full((1,), -1.0, device=x.device, dtype=x.dtype) for n in (frames, *x.shape[-2:])]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, T, H, W)
+    if x.ndim == 4:
+        grid = grid[:, 0]
+    return grid.expand(x.shape[0], *grid.shape)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, conv) -> None:
+    """Two 3x3 convolutions around the embedding. ``scale_shift``: the embedding scales and
+    shifts the normalised features (AdaGN, "Diffusion Models Beat GANs", arXiv 2105.05233)
+    instead of only being added: a multiplicative way for the condition to pick features."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, conv, scale_shift: bool = False) -> None:
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(min(8, cin), cin), conv(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, cout)
+        self.scale_shift = scale_shift
+        self.emb = nn.Linear(emb_dim, 2 * cout if scale_shift else cout)
         self.norm2, self.conv2 = nn.GroupNorm(min(8, cout), cout), conv(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (its skip)
         nn.init.zeros_(self.conv2.bias)
@@ -41,9 +67,35 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb).reshape(*h.shape[:2], *([1] * (h.ndim - 2)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        e = self.emb(emb).reshape(h.shape[0], -1, *([1] * (h.ndim - 2)))
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(F.silu(h))
         return self.skip(x) + h
+
+
+class TemporalConv(nn.Module):
+    """A residual 1D convolution over time at every pixel: the "+1" of a (2+1)D block
+    (R(2+1)D, arXiv 1711.11248; Make-A-Video's pseudo-3D convolutions, arXiv 2209.14792).
+    ``x: (B*T, C, H, W)`` frame-major, ``frames = T``. Zero-initialised, so a U-Net trained
+    on images loads into it and starts as the same frame-by-frame model."""
+
+    def __init__(self, channels: int, emb_dim: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(min(8, channels), channels)
+        self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        y = F.silu(self.norm(x)).unflatten(0, (bt // frames, frames))  # (B, T, C, H, W)
+        y = y.permute(0, 3, 4, 2, 1).reshape(-1, c, frames)  # every pixel's time series
+        y = self.conv(y).reshape(bt // frames, h, w, c, frames).permute(0, 4, 3, 1, 2)
+        return x + y.flatten(0, 1)
 
 
 class UNet(nn.Module):
@@ -52,10 +104,13 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128), dims: int = 2,
                  num_classes: int | None = 10, emb_dim: int = 128, blocks: int = 1, vocab_size: int | None = None,
-                 text_dim: int = 64, text_depth: int = 2) -> None:
+                 text_dim: int = 64, text_depth: int = 2, temporal: bool = False,
+                 scale_shift: bool = False, coords: bool = False) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 (images) or 3 (videos), got {dims}")
+        if temporal and dims != 2:
+            raise ValueError("temporal=True adds 1D time convolutions to a dims=2 U-Net ((2+1)D); dims=3 already mixes time")
         if num_classes and vocab_size:
             raise ValueError("condition on classes or on text, not both (set num_classes=null for text)")
         self.dims, self.in_channels, self.num_classes = dims, in_channels, num_classes
@@ -66,18 +121,26 @@ class UNet(nn.Module):
         self.text = TextEncoder.of_width(vocab_size, text_dim, text_depth) if vocab_size else None
         if self.text is not None:
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = conv(in_channels, channels[0], 3, padding=1)
+        self.coords = coords
+        self.conv_in = conv(in_channels + (3 if coords else 0), channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         for i, c in enumerate(channels):
             cin = channels[max(i - 1, 0)]
-            self.down.append(nn.ModuleList([ResBlock(cin if b == 0 else c, c, emb_dim, conv) for b in range(blocks)]))
+            self.down.append(nn.ModuleList([ResBlock(cin if b == 0 else c, c, emb_dim, conv, scale_shift) for b in range(blocks)]))
             skips.append(c)
-        self.mid = ResBlock(channels[-1], channels[-1], emb_dim, conv)
+        self.mid = ResBlock(channels[-1], channels[-1], emb_dim, conv, scale_shift)
         for i in reversed(range(self.levels)):
             c, cout = channels[i], channels[max(i - 1, 0)]
-            self.up.append(nn.ModuleList([ResBlock(c + skips[i] if b == 0 else c, c if b < blocks - 1 else cout, emb_dim, conv)
+            self.up.append(nn.ModuleList([ResBlock(c + skips[i] if b == 0 else c, c if b < blocks - 1 else cout, emb_dim, conv,
+                                                   scale_shift)
                                           for b in range(blocks)]))
+        # (2+1)D: one temporal convolution after every spatial block, at every resolution
+        self.temporal = None
+        if temporal:
+            widths = [c for c in channels for _ in range(blocks)] + [channels[-1]]
+            widths += [c if b < blocks - 1 else channels[max(i - 1, 0)] for i in reversed(range(self.levels)) for b in range(blocks)]
+            self.temporal = nn.ModuleList([TemporalConv(c, emb_dim) for c in widths])
         self.norm_out = nn.GroupNorm(min(8, channels[0]), channels[0])
         self.conv_out = conv(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -101,27 +164,36 @@ class UNet(nn.Module):
             emb = emb + self.label(cond)
         elif self.text is not None:
             emb = emb + self.text_pooled(self.text(*text_inputs(cond, "U-Net"))[1])
+        if self.coords:
+            x = torch.cat([x, coordinates(x)], dim=1)
         if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch
             frames = x.shape[2]
-            out = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0))
+            out = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0), frames)
             return out.unflatten(0, (x.shape[0], frames)).transpose(1, 2)
         return self._trunk(x, emb)
 
-    def _trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        # time mixing only when there is time to mix: images (T = 1) see the spatial U-Net alone
+        mix = iter(self.temporal) if self.temporal is not None and frames > 1 else None
+
+        def run(block, h):
+            h = block(h, emb)
+            return next(mix)(h, frames) if mix is not None else h
+
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down):
             if i > 0:
                 h = F.avg_pool2d(h, 2) if self.dims == 2 else F.avg_pool3d(h, self._scale())
             for block in blocks:
-                h = block(h, emb)
+                h = run(block, h)
             skips.append(h)
-        h = self.mid(h, emb)
+        h = run(self.mid, h)
         for j, blocks in enumerate(self.up):
             i = self.levels - 1 - j
             h = torch.cat([h, skips[i]], dim=1)
             for block in blocks:
-                h = block(h, emb)
+                h = run(block, h)
             if i > 0:
                 h = F.interpolate(h, scale_factor=self._scale(), mode="nearest")
         return self.conv_out(F.silu(self.norm_out(h)))

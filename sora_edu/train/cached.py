@@ -68,6 +68,10 @@ def _key(cli) -> tuple[dict, str]:
     if source:  # fine-tuned from another cached model: key it by that one's key too
         overrides = cfg["model"]["init_args"].get("init_overrides") or []
         weights_depend_on["init_key"] = _key(from_config(source, *QUIET, *overrides))[1]
+    text = (cfg.get("model") or {}).get("init_args", {}).get("text_from")
+    if text:  # its text encoder started from a cached CLIP's: key it by that one's key too
+        overrides = cfg["model"]["init_args"].get("text_overrides") or []
+        weights_depend_on["text_key"] = _key(from_config(text, *QUIET, *overrides))[1]
     return weights_depend_on, config_hash(weights_depend_on)
 
 

@@ -36,7 +36,8 @@ class DiffusionModule(pl.LightningModule):
                  clip: float | None = 1.0, flow_times: str = "uniform", latent_norm: str = "global",
                  tokenizer: str | None = None, compile: bool = False, loss_weight: str = "none",
                  frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
-                 init_overrides: list[str] | None = None, flow_shift: float = 1.0) -> None:
+                 init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
+                 text_overrides: list[str] | None = None) -> None:
         super().__init__()
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
@@ -72,6 +73,8 @@ class DiffusionModule(pl.LightningModule):
             if net.text.embed.num_embeddings != len(self.tokenizer):
                 raise ValueError(f"the network's text vocabulary has {net.text.embed.num_embeddings} words but the "
                                  f"world's tokenizer has {len(self.tokenizer)}: set net vocab_size={len(self.tokenizer)}")
+        elif text_from:
+            raise ValueError("text_from needs a text-conditional network (vocab_size set)")
 
     # --- conditions ---------------------------------------------------------------------
 
@@ -113,6 +116,33 @@ class DiffusionModule(pl.LightningModule):
         ids, mask = self.tokenizer.encode(prompts, max_len=max_len)
         return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
 
+    def prepare_data(self) -> None:
+        # The cached CLIP is trained here (rank 0, before DDP ranks start), like the VAE.
+        if self.hparams.text_from:
+            self.clip_text_tower()
+
+    def clip_text_tower(self) -> nn.Module:
+        """The text tower of the cached CLIP named by ``text_from`` (trained if absent)."""
+        from .cached import load_or_train
+
+        return load_or_train(self.hparams.text_from, *(self.hparams.text_overrides or []), verbose=False).net.text
+
+    @torch.no_grad()
+    def initialise_text_from(self, tower: nn.Module) -> None:
+        """Start the text encoder from a contrastively trained one (``text_from``; it trains on
+        with the denoiser). Trained jointly from scratch on the Shapes world, the encoder learns
+        colour and shape words but not motion: swapping "left" for "right" leaves the trained
+        denoiser's loss unchanged at every noise level (measured, notebook 06), while CLIP's text
+        tower has had to tell videos apart by those words -- as Imagen (arXiv 2205.11487) and
+        Stable Diffusion condition on a pretrained text encoder rather than learn one."""
+        mine, theirs = self.net.text.state_dict(), tower.state_dict()
+        wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+        if wrong or set(theirs) - set(mine):
+            raise ValueError(f"text_from={self.hparams.text_from!r}: its text tower does not match this network's "
+                             f"text encoder (first mismatches: {(wrong or sorted(set(theirs) - set(mine)))[:3]}); "
+                             f"give both the same vocab_size, text_dim and text_depth")
+        self.net.text.load_state_dict(theirs)
+
     @torch.no_grad()
     def initialise_from(self, source: nn.Module) -> list[str]:
         """Start from another denoiser's weights (``init_from``: fine-tune the cached t2v model
@@ -142,6 +172,10 @@ class DiffusionModule(pl.LightningModule):
             self._initialised = True
             if skipped:
                 raise ValueError(f"init_from={self.hparams.init_from!r}: {len(skipped)} weights do not fit ({skipped[:4]})")
+        if self.hparams.text_from and stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) \
+                and not getattr(self, "_text_initialised", False):
+            self.initialise_text_from(self.clip_text_tower())
+            self._text_initialised = True
         if self.hparams.compile and stage == "fit":
             self.net.compile()  # in place: the state dict keeps its keys, so checkpoints stay portable
         dm = self.trainer.datamodule if self.trainer is not None else None
