@@ -83,7 +83,7 @@ class TemporalConv(nn.Module):
     ``x: (B*T, C, H, W)`` frame-major, ``frames = T``. Zero-initialised, so a U-Net trained
     on images loads into it and starts as the same frame-by-frame model."""
 
-    def __init__(self, channels: int, emb_dim: int, kernel: int = 3) -> None:
+    def __init__(self, channels: int, kernel: int = 3) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(min(8, channels), channels)
         self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2)
@@ -140,7 +140,7 @@ class UNet(nn.Module):
         if temporal:
             widths = [c for c in channels for _ in range(blocks)] + [channels[-1]]
             widths += [c if b < blocks - 1 else channels[max(i - 1, 0)] for i in reversed(range(self.levels)) for b in range(blocks)]
-            self.temporal = nn.ModuleList([TemporalConv(c, emb_dim) for c in widths])
+            self.temporal = nn.ModuleList([TemporalConv(c) for c in widths])
         self.norm_out = nn.GroupNorm(min(8, channels[0]), channels[0])
         self.conv_out = conv(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
