@@ -97,13 +97,11 @@ def _write_samples(module, prompt: str, n: int, frames: int, height: int, width:
     from .viz import save_video, tile
 
     vae = module.vae
-    net = module.net  # a DiT's latent grid must be whole patches; a U-Net's must halve evenly
-    step, what = (net.patch_size[1], "the DiT's patch") if hasattr(net, "patch_size") else \
-        (2 ** (net.levels - 1), "the U-Net's downsampling")
+    step = module.net.size_multiple  # a DiT's patch, a U-Net's downsampling
     factor = vae.space_factor * step
     if frames < 1 or height % factor or width % factor or height < factor or width < factor:
         raise ValueError(f"this model makes videos of any frames >= 1 and height, width multiples of {factor} "
-                         f"(the VAE's {vae.space_factor}x times {what} {step}); got {frames}x{height}x{width}")
+                         f"(the VAE's {vae.space_factor}x times the network's {step}); got {frames}x{height}x{width}")
     captions, named = zip(*[complete_prompt(prompt, seed + i, frames, height, width) for i in range(n)])
     print(f"prompt: {prompt!r}")
     for i, c in enumerate(captions):

@@ -64,16 +64,16 @@ class VideoPipeline:
         self.module, self.vae = module.eval(), module.vae
         self.steps, self.guidance, self.window = steps, guidance, window
         self.time = self.vae.time_factor
-        self.step = self.vae.space_factor * module.net.patch_size[1]
+        self.step = self.vae.space_factor * module.net.size_multiple
 
     # --- plumbing ---------------------------------------------------------------------------
 
     def check_size(self, height: int, width: int) -> None:
         """Any height and width that are positive multiples of the VAE's compression times the
-        DiT's patch (16 for the t2v models): square, widescreen and vertical alike."""
+        network's own multiple (a DiT's patch; 16 for the t2v models): square, widescreen and vertical alike."""
         if height < self.step or width < self.step or height % self.step or width % self.step:
             raise ValueError(f"this model makes frames whose height and width are multiples of {self.step} "
-                             f"(VAE {self.vae.space_factor}x times DiT patch {self.module.net.patch_size[1]}); "
+                             f"(VAE {self.vae.space_factor}x times the network's {self.module.net.size_multiple}); "
                              f"got {height}x{width}")
 
     def prompts(self, prompt: str | Sequence[str], n: int) -> list[str]:

@@ -433,3 +433,13 @@ def test_text_encoder_starts_from_a_clip_text_tower():
         DiffusionModule(UNet(4, (8, 16), num_classes=3), num_classes=3, text_from="clip_t2v")
     # The cache key follows the CLIP it started from: another CLIP, another model.
     assert cached_path("t2v_unet") != cached_path("t2v_unet", '--model.init_args.text_overrides=["--trainer.max_steps=10"]')
+
+
+def test_size_multiple_says_which_latent_sizes_a_network_takes():
+    from sora_edu.models.dit import SpacetimeDiT
+
+    assert UNet(4, (8, 16, 32)).size_multiple == 4 and UNet(4, (8,)).size_multiple == 1
+    assert SpacetimeDiT(in_channels=4, patch_size=(1, 4, 4), dim=32, depth=1, heads=2, num_classes=3).size_multiple == 4
+    assert SpacetimeDiT(in_channels=4, patch_size=(1, 2, 3), dim=32, depth=1, heads=2, num_classes=3).size_multiple == 6
+    with pytest.raises(ValueError, match="multiples of 4"):
+        UNet(4, (8, 16, 32), num_classes=3)(torch.zeros(1, 4, 6, 8), torch.zeros(1), torch.tensor([0]))

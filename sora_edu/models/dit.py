@@ -235,6 +235,11 @@ class SpacetimeDiT(nn.Module):
 
     # --- pieces -----------------------------------------------------------------------------
 
+    @property
+    def size_multiple(self) -> int:
+        """Latent height and width must be multiples of this: whole patches both ways."""
+        return math.lcm(*self.patch_size[1:])
+
     def positions(self, t: int, h: int, w: int) -> torch.Tensor:
         """Fixed 3D sin-cos positions ``(t*h*w, dim)`` of a patch grid (cached per grid)."""
         key = (t, h, w)

@@ -146,6 +146,11 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @property
+    def size_multiple(self) -> int:
+        """Latent height and width must be multiples of this: every level halves them."""
+        return 2 ** (self.levels - 1)
+
     def _scale(self) -> tuple[int, ...]:
         return (2, 2) if self.dims == 2 else (1, 2, 2)
 
@@ -153,7 +158,7 @@ class UNet(nn.Module):
         layout = "(B, C, H, W) or (B, C, T, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
         if x.ndim not in {self.dims + 2, 5} or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x {layout} with C = {self.in_channels}, got shape {tuple(x.shape)}")
-        factor = 2 ** (self.levels - 1)
+        factor = self.size_multiple
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"H and W must be multiples of {factor} (the U-Net's downsampling), got {tuple(x.shape[-2:])}")
         emb = self.time(t)
