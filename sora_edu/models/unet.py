@@ -138,9 +138,8 @@ class UNet(nn.Module):
         # (2+1)D: one temporal convolution after every spatial block, at every resolution
         self.temporal = None
         if temporal:
-            widths = [c for c in channels for _ in range(blocks)] + [channels[-1]]
-            widths += [c if b < blocks - 1 else channels[max(i - 1, 0)] for i in reversed(range(self.levels)) for b in range(blocks)]
-            self.temporal = nn.ModuleList([TemporalConv(c) for c in widths])
+            order = [b for level in self.down for b in level] + [self.mid] + [b for level in self.up for b in level]
+            self.temporal = nn.ModuleList([TemporalConv(b.conv2.out_channels) for b in order])  # _trunk's order
         self.norm_out = nn.GroupNorm(min(8, channels[0]), channels[0])
         self.conv_out = conv(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)

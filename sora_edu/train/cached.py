@@ -59,19 +59,13 @@ def _key(cli) -> tuple[dict, str]:
         "precision": trainer.get("precision"),
         "callbacks": [c for c in trainer.get("callbacks") or [] if c.get("class_path") not in WATCHERS] or None,
     }
-    # A latent model depends on the autoencoder it was trained on: key it by that one's key.
-    vae = (cfg.get("model") or {}).get("init_args", {}).get("vae")
-    if vae:
-        overrides = cfg["model"]["init_args"].get("vae_overrides") or []
-        weights_depend_on["vae_key"] = _key(from_config(vae, *QUIET, *overrides))[1]
-    source = (cfg.get("model") or {}).get("init_args", {}).get("init_from")
-    if source:  # fine-tuned from another cached model: key it by that one's key too
-        overrides = cfg["model"]["init_args"].get("init_overrides") or []
-        weights_depend_on["init_key"] = _key(from_config(source, *QUIET, *overrides))[1]
-    text = (cfg.get("model") or {}).get("init_args", {}).get("text_from")
-    if text:  # its text encoder started from a cached CLIP's: key it by that one's key too
-        overrides = cfg["model"]["init_args"].get("text_overrides") or []
-        weights_depend_on["text_key"] = _key(from_config(text, *QUIET, *overrides))[1]
+    # A model depends on the cached models it starts from: the autoencoder it was trained on,
+    # the model it was fine-tuned from, the CLIP its text encoder started from. Key it by theirs.
+    args = (cfg.get("model") or {}).get("init_args", {})
+    for name, overrides, key in (("vae", "vae_overrides", "vae_key"), ("init_from", "init_overrides", "init_key"),
+                                 ("text_from", "text_overrides", "text_key")):
+        if args.get(name):
+            weights_depend_on[key] = _key(from_config(args[name], *QUIET, *(args.get(overrides) or [])))[1]
     return weights_depend_on, config_hash(weights_depend_on)
 
 

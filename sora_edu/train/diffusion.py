@@ -162,9 +162,12 @@ class DiffusionModule(pl.LightningModule):
                 skipped.append(name)
         return skipped
 
+    def _fresh_fit(self, stage: str, done: str) -> bool:
+        """A fit starting from step 0 (not a resume) whose ``done`` step has not run yet."""
+        return stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) and not getattr(self, done, False)
+
     def setup(self, stage: str) -> None:
-        if self.hparams.init_from and stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) \
-                and not getattr(self, "_initialised", False):
+        if self.hparams.init_from and self._fresh_fit(stage, "_initialised"):
             from .cached import load_or_train
 
             skipped = self.initialise_from(load_or_train(self.hparams.init_from, *(self.hparams.init_overrides or []),
@@ -172,8 +175,7 @@ class DiffusionModule(pl.LightningModule):
             self._initialised = True
             if skipped:
                 raise ValueError(f"init_from={self.hparams.init_from!r}: {len(skipped)} weights do not fit ({skipped[:4]})")
-        if self.hparams.text_from and stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) \
-                and not getattr(self, "_text_initialised", False):
+        if self.hparams.text_from and self._fresh_fit(stage, "_text_initialised"):
             self.initialise_text_from(self.clip_text_tower())
             self._text_initialised = True
         if self.hparams.compile and stage == "fit":
