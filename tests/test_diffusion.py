@@ -259,8 +259,17 @@ def test_snr_clamp_weights_x0_errors_by_clamped_snr():
     weighted = Diffusion("flow_x0", loss_weight="snr_clamp").loss(model, x0, t=t, noise=noise)
     assert plain.item() == pytest.approx((1 + 1 + 4) / 3)
     assert weighted.item() == pytest.approx((1 + 5 + 4) / 3)
+    # A higher cap: t = 0.1 has SNR 81, so gamma = 20 weighs it 20.
+    capped = Diffusion("flow_x0", loss_weight="snr_clamp", snr_gamma=20.0).loss(model, x0, t=t, noise=noise)
+    assert capped.item() == pytest.approx((1 + 20 + 4) / 3)
     with pytest.raises(ValueError, match="x0 objectives"):
         Diffusion("flow", loss_weight="snr_clamp")
+    # The config options reach the module's process (t2v_unet.yaml sets them).
+    from sora_edu.train.cli import from_config
+
+    cli = from_config("t2v_unet", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                      "--model.init_args.text_from=null", "--model.init_args.snr_gamma=20")
+    assert (cli.model.diffusion.loss_weight, cli.model.diffusion.snr_gamma) == ("snr_clamp", 20.0)
 
 
 def test_channel_latent_norm_standardises_and_inverts():

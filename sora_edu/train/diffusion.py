@@ -37,7 +37,7 @@ class DiffusionModule(pl.LightningModule):
                  tokenizer: str | None = None, compile: bool = False, loss_weight: str = "none",
                  frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
                  init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
-                 text_overrides: list[str] | None = None) -> None:
+                 text_overrides: list[str] | None = None, snr_gamma: float = 5.0) -> None:
         super().__init__()
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
@@ -55,7 +55,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"latent_norm must be 'global' or 'channel', got {latent_norm!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight, flow_shift=flow_shift)
+        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight, snr_gamma, flow_shift)
         # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
         # holds the denoiser only, and the optimiser and .train() never touch the VAE.
         self.__dict__["_vae"] = None
