@@ -264,6 +264,8 @@ def test_snr_clamp_weights_x0_errors_by_clamped_snr():
     assert capped.item() == pytest.approx((1 + 20 + 4) / 3)
     with pytest.raises(ValueError, match="x0 objectives"):
         Diffusion("flow", loss_weight="snr_clamp")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        Diffusion("flow_x0", loss_weight="snr_clamp", snr_gamma=0.5)
     # The config options reach the module's process (t2v_unet.yaml sets them).
     from sora_edu.train.cli import from_config
 

@@ -69,6 +69,8 @@ class Diffusion:
             raise ValueError(f"loss_weight must be 'none' or 'snr_clamp', got {loss_weight!r}")
         if loss_weight != "none" and objective not in ("x0", "flow_x0"):
             raise ValueError(f"loss_weight={loss_weight!r} is defined for the x0 objectives, not {objective!r}")
+        if snr_gamma < 1:
+            raise ValueError(f"snr_gamma caps clamp(SNR, 1, gamma) and must be >= 1, got {snr_gamma}")
         self.loss_weight, self.snr_gamma = loss_weight, snr_gamma
         if flow_times not in ("uniform", "logit_normal"):
             raise ValueError(f"flow_times must be 'uniform' or 'logit_normal', got {flow_times!r}")
