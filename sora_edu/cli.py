@@ -67,12 +67,9 @@ def worlds(n: int = 100, out: str = "sora_edu_worlds", frames: int = 16, height:
 
 def _smoke_overrides() -> list[str]:
     """In smoke mode, text-to-video configs train for seconds on a few videos."""
-    if not smoke():
-        return []
-    vae = ["--trainer.max_steps=10", "--data.init_args.num_val=4"]
-    return ["--trainer.max_steps=10", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
-            "--data.init_args.batch_size=16", f"--model.init_args.vae_overrides={vae}",
-            f"--data.init_args.vae_overrides={vae}", "--trainer.callbacks=[]"]
+    from .train.cached import smoke_overrides
+
+    return smoke_overrides(10)
 
 
 def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[str]):

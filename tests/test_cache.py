@@ -74,3 +74,17 @@ def test_autoencoder_loss_falls():
     cli.trainer.fit(cli.model, cli.datamodule)
     _, losses = history.series("train/loss")
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+
+
+def test_smoke_overrides_shrink_only_in_smoke_mode(monkeypatch):
+    from sora_edu.train.cached import SMOKE_VAE, smoke_overrides
+
+    monkeypatch.delenv("SORA_EDU_SMOKE", raising=False)
+    assert smoke_overrides(6, "--seed_everything=3") == ["--seed_everything=3"]
+    monkeypatch.setenv("SORA_EDU_SMOKE", "1")
+    shrunk = smoke_overrides(6, "--seed_everything=3")
+    assert shrunk[0] == "--trainer.max_steps=6" and shrunk[-1] == "--seed_everything=3"
+    assert f"--model.init_args.vae_overrides={SMOKE_VAE}" in shrunk
+    clip = smoke_overrides(10, model_vae=False)  # CLIP's model has no autoencoder: only its data module encodes
+    assert not any(o.startswith("--model.init_args.vae_overrides") for o in clip)
+    assert f"--data.init_args.vae_overrides={SMOKE_VAE}" in clip

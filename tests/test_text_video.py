@@ -97,3 +97,26 @@ def test_a_tiny_text_model_follows_its_prompts_and_the_null_prompt_does_not():
     # the null condition is the empty prompt, padded like the condition
     null = module.null(2, like={"ids": torch.zeros(2, 8, dtype=torch.long)})
     assert tok.decode(null["ids"]) == ["", ""] and null["ids"].shape == (2, 8) and null["mask"].sum() == 4
+
+
+def test_a_larger_cached_latent_set_serves_a_smaller_one(tmp_path, monkeypatch):
+    """The first n training scenes are a prefix of the first N > n: the captioner's 2000
+    videos come from the text-to-video model's 8000, not a second encoding."""
+    from test_cache import TINY_VAE
+
+    from sora_edu.train.text_video import TextVideoDataModule
+
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))
+    size = dict(vae="vae_kl", vae_overrides=TINY_VAE, num_val=4, frames=5, height=16, width=16, batch_size=4)
+    big = TextVideoDataModule(num_train=12, **size)
+    big.setup()
+    small = TextVideoDataModule(num_train=5, **size)
+    small.setup()
+    torch.testing.assert_close(small.train_set.latents, big.train_set.latents[:5], rtol=0, atol=0)
+    assert torch.equal(small.train_set.ids, big.train_set.ids[:5])
+    sets = sorted(p.parent.name.rsplit("-n", 1)[1] for p in (tmp_path / "latents" / "text_video").glob("*/captions.json"))
+    assert sets == ["12", "4"]  # training 12 and validation 4; the 5 were never encoded on their own
+    # a set larger than any cached one is encoded (and cached) afresh
+    larger = TextVideoDataModule(num_train=14, **size)
+    larger.setup()
+    torch.testing.assert_close(larger.train_set.latents[:12], big.train_set.latents, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,24 @@ WATCHERS = ("sora_edu.train.diffusion.SampleLogger", "sora_edu.train.callbacks.H
             "sora_edu.train.text_video.AdherenceCurve",
             "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.LearningRateMonitor")
 QUIET = ("--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false")
+# Smoke mode's autoencoder: 10 steps, enough to encode and decode (nothing is judged on it).
+SMOKE_VAE = ["--trainer.max_steps=10", "--data.init_args.num_val=4"]
+
+
+def smoke_overrides(steps: int, *more: str, model_vae: bool = True) -> list[str]:
+    """The overrides that run a latent text-to-video config (``t2v*``, ``clip_t2v``,
+    ``dit_class``, ...) unchanged, or, with ``SORA_EDU_SMOKE=1``, shrunk to seconds:
+    ``steps`` training steps on 64 clips encoded by a 10-step autoencoder, no callbacks;
+    ``more`` come last either way. ``model_vae=False`` for a config whose model has no
+    autoencoder of its own (CLIP: only its data module encodes). Notebooks and
+    ``sora-edu demo`` share it, so smoke runs of both hit the same cache entries."""
+    import os
+
+    if os.environ.get("SORA_EDU_SMOKE") != "1":
+        return list(more)
+    return [f"--trainer.max_steps={steps}", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
+            "--data.init_args.batch_size=16", f"--data.init_args.vae_overrides={SMOKE_VAE}", "--trainer.callbacks=[]",
+            *([f"--model.init_args.vae_overrides={SMOKE_VAE}"] if model_vae else []), *more]
 
 
 def _without_defaults(node):

@@ -187,7 +187,7 @@ class _Latents(Dataset):
 class TextVideoDataModule(EncodedDataModule):
     """Captioned one-object Shapes-world videos, encoded once by a cached autoencoder.
 
-    The latents are cached too (``SORA_EDU_CACHE/latents/text_video/KEY``, safetensors,
+    The latents are cached too (``SORA_EDU_CACHE/latents/text_video/KEY-nN``, safetensors,
     written atomically), so the DiT, CLIP and every notebook encode the same videos once:
     fast-DiT's "latents once, not every step", one level up.
 
@@ -232,12 +232,21 @@ class TextVideoDataModule(EncodedDataModule):
         from .cached import cached_path
 
         hp = self.hparams
-        key = config_hash({"vae": cached_path(hp.vae, *(hp.vae_overrides or [])).name, "n": n, "seed": seed,
+        key = config_hash({"vae": cached_path(hp.vae, *(hp.vae_overrides or [])).name, "seed": seed,
                            "size": [hp.frames, hp.height, hp.width], "world": repr(T2V_WORLD), "held_out": HELD_OUT})
-        folder = cache_dir() / "latents" / "text_video" / key
-        if (folder / "captions.json").exists():
-            latents = load_file(str(folder / "latents.safetensors"))["latents"]
-            captions = json.loads((folder / "captions.json").read_text())
+        root = cache_dir() / "latents" / "text_video"
+        folder = root / f"{key}-n{n}"
+        # The first n training scenes are a prefix of the first N > n, so a larger cached set
+        # serves a smaller one (the captioner's 2000 videos are the text-to-video model's first 2000).
+        larger = sorted((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*")
+                        if (f / "captions.json").exists() and int(f.name.rsplit("-n", 1)[1]) >= n)
+        if larger:
+            found = larger[0][1]
+            latents = load_file(str(found / "latents.safetensors"))["latents"][:n].contiguous()
+            captions = {k: v[:n] for k, v in json.loads((found / "captions.json").read_text()).items()}
+            folder = found if larger[0][0] == n else folder  # recaptions are cached beside the set they label
+            if folder is not found:
+                folder.mkdir(parents=True, exist_ok=True)
         else:
             world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
             indices = scene_indices(world, n, held_out=False)
