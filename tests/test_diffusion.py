@@ -262,6 +262,12 @@ def test_snr_clamp_weights_x0_errors_by_clamped_snr():
     # A higher cap: t = 0.1 has SNR 81, so gamma = 20 weighs it 20.
     capped = Diffusion("flow_x0", loss_weight="snr_clamp", snr_gamma=20.0).loss(model, x0, t=t, noise=noise)
     assert capped.item() == pytest.approx((1 + 20 + 4) / 3)
+    # flow_edm's output error is r / n times its x0 error: the weight is applied to the x0 error all the same.
+    edm = Diffusion("flow_edm", loss_weight="snr_clamp")
+    out = lambda x, tt, c: edm.target(x0, noise, t) + error  # noqa: E731
+    x0_error = (edm.predict(out(None, None, None), edm.q_sample(x0, t, noise), t)[0] - x0).pow(2)
+    expected = (x0_error * torch.tensor([[1.0], [5.0], [1.0]])).mean()
+    assert edm.loss(out, x0, t=t, noise=noise).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="x0 objectives"):
         Diffusion("flow", loss_weight="snr_clamp")
     with pytest.raises(ValueError, match="snr_gamma"):

@@ -30,7 +30,7 @@ an ``x0`` predictor trained on uniform times is worse than the data mean (measur
 text-to-video latents). The samplers use the same shift on their time grid.
 
 The loss is a plain MSE on the objective's target, or (``loss_weight="snr_clamp"``) for the
-``x0`` objectives an MSE on ``x0`` weighted by ``clamp(SNR, 1, gamma)``, ``SNR = s^2 / n^2``:
+``x0`` objectives (and ``flow_edm``, converted) an MSE on ``x0`` weighted by ``clamp(SNR, 1, gamma)``, ``SNR = s^2 / n^2``:
 plain x0 prediction weighs every time alike, while the details (an object's outline) are
 decided late, at high SNR, where an x0 error costs the sampler most. Min-SNR weighting
 (Hang et al., arXiv 2303.09556) caps the weight at ``gamma`` (5) for the same reason; the
@@ -67,8 +67,8 @@ class Diffusion:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if loss_weight not in ("none", "snr_clamp"):
             raise ValueError(f"loss_weight must be 'none' or 'snr_clamp', got {loss_weight!r}")
-        if loss_weight != "none" and objective not in ("x0", "flow_x0"):
-            raise ValueError(f"loss_weight={loss_weight!r} is defined for the x0 objectives, not {objective!r}")
+        if loss_weight != "none" and objective not in ("x0", "flow_x0", "flow_edm"):
+            raise ValueError(f"loss_weight={loss_weight!r} is defined for the x0 objectives and flow_edm, not {objective!r}")
         if snr_gamma < 1:
             raise ValueError(f"snr_gamma caps clamp(SNR, 1, gamma) and must be >= 1, got {snr_gamma}")
         self.loss_weight, self.snr_gamma = loss_weight, snr_gamma
@@ -182,7 +182,10 @@ class Diffusion:
         error = (out - self.target(x0, noise, t)).pow(2)
         if self.loss_weight == "snr_clamp":
             s, n = self.coefficients(t, x0)
-            error = error * (s / n.clamp_min(1e-4)).pow(2).clamp(1.0, self.snr_gamma)  # clamp(SNR, 1, gamma)
+            weight = (s / n.clamp_min(1e-4)).pow(2).clamp(1.0, self.snr_gamma)  # clamp(SNR, 1, gamma)
+            if self.objective == "flow_edm":  # its x0 error is (n / r) times its output's: weigh x0 errors alike
+                weight = weight * n * n / (s * s + n * n)
+            error = error * weight
         if where is None:
             return error.mean()
         where = where.expand_as(error)
