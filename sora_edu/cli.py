@@ -65,13 +65,6 @@ def worlds(n: int = 100, out: str = "sora_edu_worlds", frames: int = 16, height:
     return folder
 
 
-def _smoke_overrides() -> list[str]:
-    """In smoke mode, text-to-video configs train for seconds on a few videos."""
-    from .train.cached import smoke_overrides
-
-    return smoke_overrides(10)
-
-
 def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[str]):
     """The text-to-video module of ``config``: weights from a Lightning ``checkpoint``
     (what ``sora-edu fit`` writes), else from the cache (trained now if absent)."""
@@ -130,7 +123,9 @@ def demo(prompt: str = "a red circle moves left", out: str = "sora_edu_demo", n:
     """
     if smoke():
         n, steps = min(n, 2), min(steps, 4)
-    module = _text_to_video_model("t2v_demo", None, _smoke_overrides())
+    from .train.cached import smoke_overrides
+
+    module = _text_to_video_model("t2v_demo", None, smoke_overrides(10))
     folder = Path(out)
     _write_samples(module, prompt, n, 16, 64, 64, seed, guidance, steps, folder, "demo")
     return folder
@@ -155,7 +150,9 @@ def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, mod
         guidance: classifier-free guidance scale.
         steps: sampler steps.
     """
-    module = _text_to_video_model(model, checkpoint, _smoke_overrides())
+    from .train.cached import smoke_overrides
+
+    module = _text_to_video_model(model, checkpoint, smoke_overrides(10))
     folder = Path(out)
     _write_samples(module, prompt, n, frames, height, width, seed, guidance, steps, folder, "sample")
     return folder

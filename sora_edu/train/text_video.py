@@ -241,11 +241,12 @@ class TextVideoDataModule(EncodedDataModule):
         larger = sorted((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*")
                         if (f / "captions.json").exists() and int(f.name.rsplit("-n", 1)[1]) >= n)
         if larger:
-            found = larger[0][1]
+            n_found, found = larger[0]
             latents = load_file(str(found / "latents.safetensors"))["latents"][:n].contiguous()
             captions = {k: v[:n] for k, v in json.loads((found / "captions.json").read_text()).items()}
-            folder = found if larger[0][0] == n else folder  # recaptions are cached beside the set they label
-            if folder is not found:
+            if n_found == n:
+                folder = found
+            else:  # its own folder all the same: recaptions are cached beside the set they label
                 folder.mkdir(parents=True, exist_ok=True)
         else:
             world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
