@@ -34,9 +34,9 @@ def smoke_overrides(steps: int, *more: str, model_vae: bool = True) -> list[str]
     ``more`` come last either way. ``model_vae=False`` for a config whose model has no
     autoencoder of its own (CLIP: only its data module encodes). Notebooks and
     ``sora-edu demo`` share it, so smoke runs of both hit the same cache entries."""
-    import os
+    from ..cli import smoke
 
-    if os.environ.get("SORA_EDU_SMOKE") != "1":
+    if not smoke():
         return list(more)
     return [f"--trainer.max_steps={steps}", "--data.init_args.num_train=64", "--data.init_args.num_val=16",
             "--data.init_args.batch_size=16", f"--data.init_args.vae_overrides={SMOKE_VAE}", "--trainer.callbacks=[]",

@@ -238,16 +238,14 @@ class TextVideoDataModule(EncodedDataModule):
         folder = root / f"{key}-n{n}"
         # The first n training scenes are a prefix of the first N > n, so a larger cached set
         # serves a smaller one (the captioner's 2000 videos are the text-to-video model's first 2000).
-        larger = sorted((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*")
-                        if (f / "captions.json").exists() and int(f.name.rsplit("-n", 1)[1]) >= n)
+        cached = ((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*") if (f / "captions.json").exists())
+        larger = sorted(c for c in cached if c[0] >= n)
         if larger:
             n_found, found = larger[0]
             latents = load_file(str(found / "latents.safetensors"))["latents"][:n].contiguous()
             captions = {k: v[:n] for k, v in json.loads((found / "captions.json").read_text()).items()}
-            if n_found == n:
+            if n_found == n:  # else recaptions of the n go to their own folder (write_atomic makes it)
                 folder = found
-            else:  # its own folder all the same: recaptions are cached beside the set they label
-                folder.mkdir(parents=True, exist_ok=True)
         else:
             world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
             indices = scene_indices(world, n, held_out=False)
