@@ -62,6 +62,40 @@ def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch, capsys):
     assert cached_path("vae_kl", *TINY_VAE, "--trainer.max_steps=81") != path
 
 
+def test_load_or_train_many_trains_the_missing_runs_side_by_side(tmp_path, monkeypatch):
+    from sora_edu.train.cached import load_or_train_many
+
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))  # inherited by the worker processes
+    short = [*TINY_VAE, "--trainer.max_steps=8"]
+    runs = [("vae_kl", [*short, "--seed_everything=1"]), ("vae_kl", [*short, "--seed_everything=2"])]
+    first = load_or_train_many(runs, processes=2)
+    for (config, overrides), module in zip(runs, first):
+        assert (cached_path(config, *overrides) / "model.safetensors").exists()  # trained by the workers
+        assert module.record["train_seconds"] > 0
+    a, b = (m.net.state_dict() for m in first)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two seeds, two models, in the order asked
+    again = load_or_train_many(runs[::-1], processes=2)  # all cached: loaded, nothing trained
+    for k in a:
+        assert torch.equal(again[1].net.state_dict()[k], a[k])
+
+
+def test_config_keys_are_remembered_until_the_config_file_changes(tmp_path):
+    import os
+    import shutil
+
+    from sora_edu.train import cached
+    from sora_edu.train.cli import config_path
+
+    config = tmp_path / "vae_copy.yaml"
+    shutil.copy(config_path("vae_kl"), config)
+    key = cached.config_key(str(config), *TINY_VAE)
+    assert key == cached.config_key(str(config), *TINY_VAE)  # remembered ...
+    assert cached.config_key(str(config), *TINY_VAE, "--trainer.max_steps=81") != key
+    config.write_text(config.read_text().replace("seed_everything: 0", "seed_everything: 5"))
+    os.utime(config, ns=(0, config.stat().st_mtime_ns + 10**9))  # a later version of the file
+    assert cached.config_key(str(config), *TINY_VAE) != key  # ... until the file changes
+
+
 def test_autoencoder_loss_falls():
     """Measured (seed 0): 80 steps on 8 tiny videos take the L1 loss from 0.38 to ~0.26."""
     from sora_edu.train.callbacks import History

@@ -110,6 +110,11 @@ def test_recaption_is_deterministic_and_cached(tmp_path):
     with torch.no_grad():
         module.net.head.weight.add_(1.0)  # a changed model ...
     assert recaption(module, latents, str(tmp_path / "r.json")) == first  # ... but the cache answers
+    # a captioner given as a function is loaded only when the captions are not cached
+    def must_not_load():
+        raise AssertionError("the captions are cached: no captioner should be loaded")
+    assert recaption(must_not_load, latents, str(tmp_path / "r.json")) == first
+    assert recaption(lambda: module, latents, str(tmp_path / "fresh.json")) == module.caption(latents, "greedy")
 
 
 def test_text_video_data_checks_its_caption_options():

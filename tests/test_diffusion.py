@@ -50,6 +50,10 @@ def test_each_objective_target_and_its_inverse(objective):
     if objective == "flow_edm":  # (t x0 - (1 - t) eps) / r: unit variance for unit data at every t
         tt = t.reshape(4, 1, 1, 1)
         expected["flow_edm"] = (tt * x0 - (1 - tt) * noise) / ((1 - tt) ** 2 + tt ** 2).sqrt()
+    if objective == "flow_skip":  # x0 minus EDM's skip (1 - t) / r^2 times x_t
+        tt = t.reshape(4, 1, 1, 1)
+        x_t = (1 - tt) * x0 + tt * noise
+        expected["flow_skip"] = x0 - (1 - tt) / ((1 - tt) ** 2 + tt ** 2) * x_t
     if objective == "v":
         a = d.schedule.alpha_bar[t].reshape(4, 1, 1, 1)
         expected["v"] = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -71,6 +75,21 @@ def test_flow_edm_target_has_unit_variance_and_copies_at_low_noise():
     torch.testing.assert_close(d.predict(torch.zeros(4, 1), x_t, torch.ones(4))[0], torch.zeros(4, 1))
 
 
+def test_flow_skip_copies_at_low_noise_and_its_output_error_is_the_x0_error():
+    d = Diffusion("flow_skip", loss_weight="snr_clamp")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 1, generator=g), torch.randn(4, 1, generator=g)
+    x_t = d.q_sample(x0, torch.full((4,), 0.001), noise)
+    torch.testing.assert_close(d.predict(torch.zeros(4, 1), x_t, torch.full((4,), 0.001))[0], x_t, atol=1e-6, rtol=2e-3)
+    torch.testing.assert_close(d.predict(torch.zeros(4, 1), x_t, torch.ones(4))[0], torch.zeros(4, 1))
+    # unlike flow_edm's, its output is not rescaled: an output off by e is an x0 off by e, weighted by clamp(SNR, 1, 5)
+    t = torch.tensor([0.5, 0.1, 0.9, 0.3])
+    off = lambda x, tt, c: d.target(x0, noise, t) + 0.5  # noqa: E731
+    x0_hat = d.predict(off(None, None, None), d.q_sample(x0, t, noise), t)[0]
+    torch.testing.assert_close(x0_hat - x0, torch.full((4, 1), 0.5))
+    assert d.loss(off, x0, t=t, noise=noise).item() == pytest.approx(0.25 * (1 + 5 + 1 + 5) / 4)
+
+
 def oracle(d: Diffusion, x0: torch.Tensor):
     """A denoiser that knows the answer: the objective's target for x0 at (x_t, t)."""
     def model(x_t, t_model, cond):
@@ -84,7 +103,8 @@ def oracle(d: Diffusion, x0: torch.Tensor):
 @pytest.mark.parametrize("objective,sampler,steps", [("eps", "ddpm", 250), ("eps", "ddpm", 1000), ("eps", "ddim", 25),
                                                      ("v", "ddim", 10), ("x0", "ddpm", 50), ("flow", "euler", 10),
                                                      ("flow", "heun", 5), ("flow_x0", "euler", 10),
-                                                     ("flow_edm", "euler", 10), ("flow_edm", "heun", 5)])
+                                                     ("flow_edm", "euler", 10), ("flow_edm", "heun", 5),
+                                                     ("flow_skip", "euler", 10)])
 def test_a_sampler_with_an_oracle_denoiser_returns_x0(objective, sampler, steps):
     d = Diffusion(objective)
     x0 = torch.rand(2, 3, 4, 4) * 2 - 1
@@ -460,3 +480,102 @@ def test_size_multiple_says_which_latent_sizes_a_network_takes():
     assert SpacetimeDiT(in_channels=4, patch_size=(1, 2, 3), dim=32, depth=1, heads=2, num_classes=3).size_multiple == 6
     with pytest.raises(ValueError, match="multiples of 4"):
         UNet(4, (8, 16, 32), num_classes=3)(torch.zeros(1, 4, 6, 8), torch.zeros(1), torch.tensor([0]))
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in denoiser with 2 + 2 input channels that records the extra ones it is fed."""
+    in_channels, extra_channels = 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+        self.fed = []
+
+    def forward(self, x, t, cond):
+        self.fed.append(x[:, 2:].detach().clone())
+        return self.w * x[:, :2] + 0.1 * x[:, 2:]
+
+
+def test_self_conditioning_feeds_the_previous_x0_estimate():
+    from sora_edu.train.diffusion import DiffusionModule
+
+    m = DiffusionModule(_Recorder(), objective="flow_x0", num_classes=None, self_condition=True, clip=None)
+    x0, noise, t = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3), torch.tensor([0.2, 0.5, 0.7, 0.9])
+    # training: rows where `use` is True get the estimate of a first pass fed zeros, the rest zeros
+    use = torch.tensor([True, False, True, False])
+    x_t = m.diffusion.q_sample(x0, t, noise)
+    net = m._self_conditioned_training(t, use)
+    net(x_t, m.diffusion.model_time(t), None)
+    first, second = m.net.fed
+    assert first.shape == (2, 2, 3, 3) and not first.any()  # the first pass: the `use` rows, zeros in
+    torch.testing.assert_close(second[use], 0.5 * x_t[use])  # their x0 estimate (flow_x0: the output itself)
+    assert not second[~use].any()
+    # sampling: each call is fed the previous call's x0 estimate, zeros at the first
+    m.net.fed.clear()
+    m.sample((2, 2, 3, 3), None, steps=3)
+    assert len(m.net.fed) == 3 and not m.net.fed[0].any() and m.net.fed[1].abs().sum() > 0
+    # the module checks the network can take it
+    with pytest.raises(ValueError, match="extra_channels = in_channels"):
+        DiffusionModule(UNet(2, (8, 8), num_classes=None), objective="flow_x0", num_classes=None, self_condition=True)
+    net = UNet(2, (8, 8), num_classes=None, extra_channels=2)
+    assert net(torch.randn(1, 4, 8, 8), torch.zeros(1)).shape == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"C = 4 \(\+2 conditioning\)"):
+        net(torch.randn(1, 2, 8, 8), torch.zeros(1))
+
+
+def test_unet_returns_its_bottleneck_features_in_frame_row_column_order():
+    torch.manual_seed(0)
+    net = UNet(4, (8, 16), dims=2, num_classes=3, temporal=True).eval()
+    x, t, y = torch.randn(2, 4, 3, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([0, 1])
+    out, features = net(x, t, y, features=True)
+    torch.testing.assert_close(out, net(x, t, y))  # the same output either way
+    assert net.feature_dim == 16 and features.shape == (2, 3 * 4 * 4, 16)  # 3 frames x 4 x 4 positions
+    # frame-major (frame, row, column) order, as TubeletEmbed's tokens: without time mixing, tokens
+    # 16-31 are frame 1's own 4 x 4 features, row by row
+    spatial = UNet(4, (8, 16), dims=2, num_classes=3).eval()
+    _, video_features = spatial(x, t, y, features=True)
+    _, frame_features = spatial(x[:, :, 1], t, y, features=True)  # frame 1 as images (B, C, H, W)
+    assert frame_features.shape == (2, 16, 16)
+    torch.testing.assert_close(video_features[:, 16:32], frame_features)
+
+
+def test_repa_aligns_the_bottleneck_to_a_frozen_clip_video_tower(monkeypatch):
+    from sora_edu.models.clip import TinyCLIP
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.cached import cached_path
+    from sora_edu.train.diffusion import DiffusionModule
+
+    tokenizer = WordTokenizer.for_world()
+    torch.manual_seed(0)
+    clip = TinyCLIP(len(tokenizer), in_channels=4, patch_size=(1, 4, 4), video_dim=128, video_depth=1, text_dim=32,
+                    text_depth=1, embed_dim=16)
+    net = UNet(4, (8, 16, 32), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=32, text_depth=1,
+               temporal=True)
+    module = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, repa_from="clip_t2v")
+    monkeypatch.setattr(module, "repa_tower", lambda: clip.video.requires_grad_(False))
+    assert [p.shape for p in module.repa_proj.parameters()][-1] == (128,)  # the CLIP config's video width
+    assert all(not k.startswith("_repa") for k in module.state_dict())  # the tower is not in the checkpoint
+    ids, mask = tokenizer.encode(["a red circle moves left", "a blue square stays still"], max_len=10)
+    cond = {"ids": ids, "mask": mask}
+    x = torch.randn(2, 4, 3, 16, 16)  # 3 x 4 x 4 bottleneck positions = 3 x 4 x 4 CLIP tokens
+    t, noise = torch.tensor([0.3, 0.8]), torch.randn(2, 4, 3, 16, 16)
+    plain = module.diffusion.loss(net, x, cond, t=t, noise=noise)
+    total = module._aligned_loss(x, x, cond, t, noise)
+    with torch.no_grad():
+        _, features = net(module.diffusion.q_sample(x, t, noise), module.diffusion.model_time(t), cond, features=True)
+        cos = torch.nn.functional.cosine_similarity(module.repa_proj(features), clip.video.tokens(x), dim=-1).mean()
+    torch.testing.assert_close(total, plain - 0.5 * cos)  # diffusion loss + weight x (- cosine similarity)
+    total.backward()
+    # at init the output layer is zero, so only REPA's term reaches the input convolution
+    assert module.repa_proj[0].weight.grad.abs().sum() > 0 and net.conv_in.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in clip.parameters())  # the target stays frozen
+    # a grid the CLIP does not share gets a clear error; so do networks and modes it cannot serve
+    with pytest.raises(ValueError, match="bottleneck has 48 positions but the CLIP video tower gives 12 tokens"):
+        module._aligned_loss(torch.randn(2, 4, 3, 16, 16), torch.randn(2, 4, 3, 8, 8), cond, t, noise)
+    with pytest.raises(ValueError, match="returns its features"):
+        DiffusionModule(_Recorder(), objective="flow_x0", num_classes=None, repa_from="clip_t2v")
+    with pytest.raises(ValueError, match="not with frame_masks or self_condition"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, repa_from="clip_t2v", self_condition=True)
+    # the cache key follows the CLIP it aligns to
+    assert cached_path("t2v_unet", "--model.init_args.repa_from=null") != cached_path("t2v_unet") != \
+        cached_path("t2v_unet", '--model.init_args.repa_overrides=["--trainer.max_steps=10"]')

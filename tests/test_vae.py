@@ -137,3 +137,23 @@ def test_sora_edu_fit_trains_the_vae_from_the_command_line(tmp_path):
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=300)
     metrics = (next(tmp_path.glob("vae_kl/version_*/metrics.csv"))).read_text()
     assert "val/psnr" in metrics and "train/loss" in metrics
+
+
+def test_latent_noise_decodes_noised_codes_in_training_only():
+    torch.manual_seed(0)
+    video = torch.rand(4, 3, 5, 16, 16) * 2 - 1
+    plain, noisy = VideoAutoencoder(**TINY), VideoAutoencoder(**TINY, latent_noise=0.5)
+    noisy.load_state_dict(plain.state_dict())
+    plain.train(), noisy.train()  # the same seed draws the same KL sample in both
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = plain(video)
+        torch.manual_seed(1)
+        b = noisy(video)
+    torch.testing.assert_close(a.latents, b.latents)  # the same codes (what diffusion models) ...
+    assert (a.reconstruction - b.reconstruction).abs().amax() > 1e-3  # ... decoded from noised ones
+    plain.eval(), noisy.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(video).reconstruction, noisy(video).reconstruction)  # eval: no noise
+    with pytest.raises(ValueError, match="latent_noise must be >= 0"):
+        VideoAutoencoder(**TINY, latent_noise=-0.1)

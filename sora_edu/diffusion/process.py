@@ -18,7 +18,10 @@ Two families share it:
   every ``t``, from which ``x0 = ((1 - t) x_t + t r out) / r^2``: near ``t = 0`` the input
   is copied through by the formula (an ``x0`` head must learn the copy), near ``t = 1`` the
   output is ``x0`` (no noise to carry). On the variance-preserving path it is Salimans &
-  Ho's ``v`` with the sign flipped.
+  Ho's ``v`` with the sign flipped. ``"flow_skip"`` keeps only EDM's skip: the network
+  predicts ``x0 - (s / r^2) x_t``, the correction to the best linear guess, unscaled, so
+  its error is the ``x0`` error at every ``t`` (EDM's output is that error times ``r / n``,
+  which near ``t = 0`` asks the network for the noise).
 
 Flow training times are uniform, or **logit-normal** (``flow_times="logit_normal"``:
 ``t = sigmoid(n)``, ``n ~ N(0, 1)``), which spends training on the middle of the path where
@@ -51,7 +54,7 @@ import torch.nn.functional as F
 
 from .schedule import NoiseSchedule
 
-OBJECTIVES = ("eps", "x0", "v", "flow", "flow_x0", "flow_edm")
+OBJECTIVES = ("eps", "x0", "v", "flow", "flow_x0", "flow_edm", "flow_skip")
 Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
@@ -67,7 +70,7 @@ class Diffusion:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if loss_weight not in ("none", "snr_clamp"):
             raise ValueError(f"loss_weight must be 'none' or 'snr_clamp', got {loss_weight!r}")
-        if loss_weight != "none" and objective not in ("x0", "flow_x0", "flow_edm"):
+        if loss_weight != "none" and objective not in ("x0", "flow_x0", "flow_edm", "flow_skip"):
             raise ValueError(f"loss_weight={loss_weight!r} is defined for the x0 objectives and flow_edm, not {objective!r}")
         if snr_gamma < 1:
             raise ValueError(f"snr_gamma caps clamp(SNR, 1, gamma) and must be >= 1, got {snr_gamma}")
@@ -145,7 +148,14 @@ class Diffusion:
         s, n = self.coefficients(t, x0)
         if self.objective == "flow_edm":
             return (n * x0 - s * noise) / (s * s + n * n).sqrt()
+        if self.objective == "flow_skip":
+            return x0 - self.c_skip(s, n) * (s * x0 + n * noise)
         return s * noise - n * x0
+
+    @staticmethod
+    def c_skip(s: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """EDM's skip weight ``s / r^2``: the best linear guess of unit-variance ``x0`` from ``x_t``."""
+        return s / (s * s + n * n)
 
     def predict(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's output at ``(x_t, t)`` -> its estimates ``(x0, eps)``."""
@@ -162,6 +172,9 @@ class Diffusion:
             r2 = s * s + n * n
             r = r2.sqrt()
             return (s * x_t + n * r * out) / r2, (n * x_t - s * r * out) / r2
+        if self.objective == "flow_skip":  # x0 = out + c_skip x_t
+            x0 = out + self.c_skip(s, n) * x_t
+            return x0, (x_t - s * x0) / n.clamp_min(1e-3)
         return x_t - n * out, x_t + s * out  # flow: x0 = x_t - t v, eps = x_t + (1 - t) v
 
     def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,

@@ -21,6 +21,8 @@ levers measure each): ``temporal`` adds a 1D time convolution after every spatia
 a ``dims=2`` U-Net, a (2+1)D network (Video Diffusion Models, arXiv 2204.03458, factorise
 space and time the same way); ``scale_shift`` lets the embedding scale the features, not
 only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) position.
+``extra_channels`` are inputs beyond ``x`` (concatenated to it; the output keeps
+``in_channels``): the previous ``x0`` estimate under self-conditioning.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128), dims: int = 2,
                  num_classes: int | None = 10, emb_dim: int = 128, blocks: int = 1, vocab_size: int | None = None,
                  text_dim: int = 64, text_depth: int = 2, temporal: bool = False,
-                 scale_shift: bool = False, coords: bool = False) -> None:
+                 scale_shift: bool = False, coords: bool = False, extra_channels: int = 0) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 (images) or 3 (videos), got {dims}")
@@ -114,6 +116,7 @@ class UNet(nn.Module):
         if num_classes and vocab_size:
             raise ValueError("condition on classes or on text, not both (set num_classes=null for text)")
         self.dims, self.in_channels, self.num_classes = dims, in_channels, num_classes
+        self.extra_channels = extra_channels  # inputs beyond x (a self-conditioning estimate); the output keeps in_channels
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.levels = len(channels)
         self.time = TimestepEmbedder(emb_dim)
@@ -122,7 +125,7 @@ class UNet(nn.Module):
         if self.text is not None:
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.coords = coords
-        self.conv_in = conv(in_channels + (3 if coords else 0), channels[0], 3, padding=1)
+        self.conv_in = conv(in_channels + extra_channels + (3 if coords else 0), channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         for i, c in enumerate(channels):
@@ -146,6 +149,11 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     @property
+    def feature_dim(self) -> int:
+        """Width of the bottleneck features ``forward(..., features=True)`` returns."""
+        return self.mid.conv2.out_channels
+
+    @property
     def size_multiple(self) -> int:
         """Latent height and width must be multiples of this: every level halves them."""
         return 2 ** (self.levels - 1)
@@ -153,10 +161,14 @@ class UNet(nn.Module):
     def _scale(self) -> tuple[int, ...]:
         return (2, 2) if self.dims == 2 else (1, 2, 2)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None, features: bool = False):
+        """``features=True`` also returns the bottleneck's features ``(B, N, C)``, its positions
+        in (frame, row, column) order (what representation alignment reads)."""
         layout = "(B, C, H, W) or (B, C, T, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
-        if x.ndim not in {self.dims + 2, 5} or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected x {layout} with C = {self.in_channels}, got shape {tuple(x.shape)}")
+        channels = self.in_channels + self.extra_channels
+        if x.ndim not in {self.dims + 2, 5} or x.shape[1] != channels:
+            extra = f" (+{self.extra_channels} conditioning)" if self.extra_channels else ""
+            raise ValueError(f"expected x {layout} with C = {channels}{extra}, got shape {tuple(x.shape)}")
         factor = self.size_multiple
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"H and W must be multiples of {factor} (the U-Net's downsampling), got {tuple(x.shape[-2:])}")
@@ -172,11 +184,14 @@ class UNet(nn.Module):
             x = torch.cat([x, coordinates(x)], dim=1)
         if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch
             frames = x.shape[2]
-            out = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0), frames)
-            return out.unflatten(0, (x.shape[0], frames)).transpose(1, 2)
-        return self._trunk(x, emb)
+            out, mid = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0), frames)
+            out = out.unflatten(0, (x.shape[0], frames)).transpose(1, 2)
+            mid = mid.unflatten(0, (x.shape[0], frames)).transpose(1, 2)  # (B, C, T, h, w)
+        else:
+            out, mid = self._trunk(x, emb)
+        return (out, mid.flatten(2).transpose(1, 2)) if features else out
 
-    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> torch.Tensor:
+    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         # time mixing only when there is time to mix: images (T = 1) see the spatial U-Net alone
         mix = iter(self.temporal) if self.temporal is not None and frames > 1 else None
 
@@ -192,7 +207,7 @@ class UNet(nn.Module):
             for block in blocks:
                 h = run(block, h)
             skips.append(h)
-        h = run(self.mid, h)
+        h = mid = run(self.mid, h)
         for j, blocks in enumerate(self.up):
             i = self.levels - 1 - j
             h = torch.cat([h, skips[i]], dim=1)
@@ -200,4 +215,4 @@ class UNet(nn.Module):
                 h = run(block, h)
             if i > 0:
                 h = F.interpolate(h, scale_factor=self._scale(), mode="nearest")
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))), mid

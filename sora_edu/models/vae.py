@@ -217,13 +217,24 @@ class VideoAutoencoder(nn.Module):
     latent width (for FSQ, ``len(fsq_levels)``). ``factorised`` uses (2+1)D convolutions;
     ``refine > 0`` adds a residual full-resolution 3x3 pass with that many channels;
     ``norm`` picks the normalisation (:class:`Norm`).
+
+    ``latent_noise = g > 0`` trains the decoder on noised latents, ``z + tau std(z) eps`` with
+    ``tau ~ U(0, g)`` per video (training only; the std is the batch's, detached, so the
+    encoder cannot outgrow the noise by scaling its codes up). The encoder must then keep
+    what tells two videos apart farther apart than the noise: a latent a diffusion model can
+    get slightly wrong and still decode right (the "latent denoising tokenizer" idea, Yang
+    et al., arXiv 2507.15856; a small cross and a small circle are otherwise a few hundredths
+    apart, and a denoiser's error turns one into the other).
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 64, 64), temporal_down: int = 2,
                  z_channels: int = 8, bottleneck: str = "kl", kl_weight: float = 1e-6, codebook_size: int = 512,
                  vq_beta: float = 0.25, fsq_levels: Sequence[int] = (8, 5, 5, 5), stem: Sequence[int] = (1, 1),
-                 factorised: bool = True, refine: int = 0, norm: str = "channel") -> None:
+                 factorised: bool = True, refine: int = 0, norm: str = "channel", latent_noise: float = 0.0) -> None:
         super().__init__()
+        if latent_noise < 0:
+            raise ValueError(f"latent_noise must be >= 0, got {latent_noise}")
+        self.latent_noise = latent_noise
         if bottleneck not in ("kl", "vq", "fsq"):
             raise ValueError(f"bottleneck must be 'kl', 'vq' or 'fsq', got {bottleneck!r}")
         if not 0 <= temporal_down <= len(channels) - 1:
@@ -319,4 +330,8 @@ class VideoAutoencoder(nn.Module):
             q = self.quantizer(h)
             z, loss = q.z_q, q.loss
             stats["perplexity"] = q.perplexity.detach()
-        return VAEOutput(self.decode(z, video.shape[2]), z, loss, stats)
+        z_in = z
+        if self.training and self.latent_noise > 0:
+            tau = torch.rand(len(z), *([1] * (z.ndim - 1)), device=z.device) * self.latent_noise
+            z_in = z + tau * z.detach().std() * torch.randn_like(z)
+        return VAEOutput(self.decode(z_in, video.shape[2]), z, loss, stats)

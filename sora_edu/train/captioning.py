@@ -15,7 +15,7 @@ Batches: ``{"x": latents, "ids", "mask"}`` (captioner) or ``{"short_ids", "short
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -173,9 +173,11 @@ class PromptPairsDataModule(pl.LightningDataModule):
         return {"short_ids": short_ids, "short_mask": short_mask, "ids": ids, "mask": mask}
 
 
-def recaption(captioner: CaptionModule, latents: torch.Tensor, cache: str | None = None) -> list[str]:
+def recaption(captioner: CaptionModule | Callable[[], CaptionModule], latents: torch.Tensor,
+              cache: str | None = None) -> list[str]:
     """Greedy captions for every latent (deterministic), read from ``cache`` (a JSON file)
-    when it exists, else computed and written there atomically."""
+    when it exists, else computed and written there atomically. ``captioner`` may be a
+    function that returns one, called only when the captions are not cached."""
     import json
     from pathlib import Path
 
@@ -185,6 +187,8 @@ def recaption(captioner: CaptionModule, latents: torch.Tensor, cache: str | None
         captions = json.loads(Path(cache).read_text())
         if len(captions) == len(latents):
             return captions
+    if not hasattr(captioner, "caption"):  # a function that loads one
+        captioner = captioner()
     captions = captioner.caption(latents, "greedy")
     if cache is not None:
         write_atomic(Path(cache), json.dumps(captions).encode())

@@ -6,6 +6,8 @@ autoencoder config, e.g. ``"vae_kl"``) the module works in that autoencoder's la
 space: it expects latents already scaled by the VAE's ``scale_factor`` (the
 :class:`LatentVideoDataModule` makes them) and :meth:`generate` decodes its samples to
 videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callback.
+``self_condition=True`` also feeds the network its own previous ``x0`` estimate (a network
+with ``extra_channels = in_channels``; notebook 06 measures it as a lever).
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -19,6 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..diffusion import Diffusion, sample
@@ -37,8 +40,11 @@ class DiffusionModule(pl.LightningModule):
                  tokenizer: str | None = None, compile: bool = False, loss_weight: str = "none",
                  frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
                  init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
-                 text_overrides: list[str] | None = None, snr_gamma: float = 5.0) -> None:
+                 text_overrides: list[str] | None = None, snr_gamma: float = 5.0, self_condition: bool = False,
+                 repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5) -> None:
         super().__init__()
+        if repa_from and (frame_masks or self_condition):
+            raise ValueError("repa_from aligns the plain denoiser's features: not with frame_masks or self_condition")
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
         if frame_masks:
@@ -49,6 +55,13 @@ class DiffusionModule(pl.LightningModule):
                 raise ValueError(f"frame_masks: unknown kinds {unknown}; known: {MASKS}")
             if getattr(net, "extra_channels", 0) != 1:
                 raise ValueError("frame_masks needs a network with extra_channels=1 (the mask channel)")
+        if self_condition:
+            if frame_masks:
+                raise ValueError("self_condition and frame_masks both feed extra input channels: use one")
+            if getattr(net, "extra_channels", 0) != getattr(net, "in_channels", None):
+                raise ValueError(f"self_condition feeds the previous x0 estimate as extra channels: the network needs "
+                                 f"extra_channels = in_channels ({getattr(net, 'in_channels', None)}), "
+                                 f"got {getattr(net, 'extra_channels', 0)}")
         if not 0.0 <= image_prob < 1.0:
             raise ValueError(f"image_prob must be in [0, 1), got {image_prob}")
         if latent_norm not in ("global", "channel"):
@@ -64,6 +77,16 @@ class DiffusionModule(pl.LightningModule):
             # kept in the checkpoint: the denoiser sees zero-mean, unit-variance channels.
             self.register_buffer("latent_mean", torch.zeros(net_channels(net)))
             self.register_buffer("latent_std", torch.zeros(net_channels(net)))
+        self.__dict__["_repa_tower"] = None
+        if repa_from:
+            from .cli import from_config
+            from .cached import QUIET
+
+            if not hasattr(net, "feature_dim"):
+                raise ValueError(f"repa_from needs a network that returns its features ({type(net).__name__} does not)")
+            # The target's width, read off the config (nothing is trained or loaded here).
+            width = from_config(repa_from, *QUIET, *(repa_overrides or [])).model.net.video.dim
+            self.repa_proj = nn.Sequential(nn.Linear(net.feature_dim, 256), nn.SiLU(), nn.Linear(256, width))
         self.tokenizer = None
         if self.is_text:
             from ..models.text import WordTokenizer
@@ -117,9 +140,22 @@ class DiffusionModule(pl.LightningModule):
         return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
 
     def prepare_data(self) -> None:
-        # The cached CLIP is trained here (rank 0, before DDP ranks start), like the VAE.
+        # The cached CLIPs are trained here (rank 0, before DDP ranks start), like the VAE.
         if self.hparams.text_from:
             self.clip_text_tower()
+        if self.hparams.repa_from:
+            self.repa_tower()
+
+    def repa_tower(self) -> nn.Module:
+        """The frozen video tower of the cached CLIP named by ``repa_from`` (trained if absent):
+        the representation the denoiser's bottleneck is aligned to. Kept outside the module
+        tree, like the VAE: not in the checkpoint, never optimised."""
+        if self._repa_tower is None:
+            from .cached import load_or_train
+
+            clip = load_or_train(self.hparams.repa_from, *(self.hparams.repa_overrides or []), verbose=False)
+            self.__dict__["_repa_tower"] = clip.net.video.eval().requires_grad_(False)
+        return self._repa_tower.to(self.device)
 
     def clip_text_tower(self) -> nn.Module:
         """The text tower of the cached CLIP named by ``text_from`` (trained if absent)."""
@@ -241,9 +277,10 @@ class DiffusionModule(pl.LightningModule):
         return out[rank * batch:(rank + 1) * batch] if world > 1 else out
 
     def training_step(self, batch, batch_idx):
-        x = self.normalise(batch["x"])
+        raw = batch["x"]
         if self.hparams.image_prob and torch.rand(()).item() < self.hparams.image_prob:
-            x = x[:, :, :1]  # images: the causal VAE's first latent frame is the first frame alone
+            raw = raw[:, :, :1]  # images: the causal VAE's first latent frame is the first frame alone
+        x = self.normalise(raw)
         cond = self.drop(self.condition(batch))
         diffusion = self.diffusion
         t = self._rank_slice(lambda n: diffusion.sample_t(n, x.device), len(x))
@@ -254,7 +291,10 @@ class DiffusionModule(pl.LightningModule):
 
             uniforms = self._rank_slice(lambda n: torch.rand(n, 3, device=x.device), len(x))
             mask = random_frame_masks(uniforms.cpu(), x.shape[2], self.hparams.frame_masks).to(x.device)
-        loss = self._loss(x, cond, t, noise, mask)
+        if self.hparams.repa_from:
+            loss = self._aligned_loss(x, raw, cond, t, noise)
+        else:
+            loss = self._loss(x, cond, t, noise, mask)
         # Synced only with several devices: the logged loss is then the global batch's.
         self.log("train/loss", loss, prog_bar=True, sync_dist=self._trainer is not None and self.trainer.world_size > 1)
         return loss
@@ -262,6 +302,9 @@ class DiffusionModule(pl.LightningModule):
     def _loss(self, x, cond, t, noise, mask=None):
         """The diffusion loss; with ``frame_masks`` the denoiser also gets the mask (no
         frame given when ``mask`` is None) and is scored on the generated frames only."""
+        if self.hparams.self_condition:
+            use = self._rank_slice(lambda n: torch.rand(n, device=x.device), len(x)) < 0.5
+            return self.diffusion.loss(self._self_conditioned_training(t, use), x, cond, t=t, noise=noise)
         if not self.hparams.frame_masks:
             return self.diffusion.loss(self.net, x, cond, t=t, noise=noise)
         from ..diffusion.frames import masked_input
@@ -269,6 +312,61 @@ class DiffusionModule(pl.LightningModule):
         mask = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask
         net = lambda x_t, tt, c: self.net(masked_input(x_t, x, mask), tt, c)  # noqa: E731
         return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None])
+
+    def _aligned_loss(self, x, raw, cond, t, noise):
+        """The diffusion loss plus REPA's (Yu et al., "Representation Alignment for
+        Generation", arXiv 2410.06940): the denoiser's bottleneck features, seen from the
+        *noisy* input, projected and pulled (cosine similarity, weight ``repa_weight``)
+        towards the frozen CLIP video tower's tokens of the *clean* latent. The CLIP had to
+        tell videos apart by their motion and shape to match captions; the denoiser is
+        taught to see those from the first steps instead of finding them on its own."""
+        with torch.no_grad():
+            target = self.repa_tower().tokens(raw.float())
+        seen = {}
+
+        def net(x_t, tt, c):
+            out, seen["features"] = self.net(x_t, tt, c, features=True)
+            return out
+
+        loss = self.diffusion.loss(net, x, cond, t=t, noise=noise)
+        features = seen["features"]
+        if features.shape[1] != target.shape[1]:
+            raise ValueError(f"repa_from: the denoiser's bottleneck has {features.shape[1]} positions but the CLIP "
+                             f"video tower gives {target.shape[1]} tokens: give them the same (frame, row, column) grid")
+        align = -F.cosine_similarity(self.repa_proj(features.float()), target, dim=-1).mean()
+        self.log_dict({"train/diffusion": loss.detach(), "train/repa": align.detach()})
+        return loss + self.hparams.repa_weight * align
+
+    def _self_conditioned_training(self, t: torch.Tensor, use: torch.Tensor):
+        """Self-conditioning (Chen et al., "Analog Bits", arXiv 2208.04202): the denoiser
+        also sees an estimate of ``x0``. For the examples where ``use`` is True that is its
+        own estimate from a first, gradient-free pass (zeros in); for the rest, zeros. At
+        sampling time it is the previous step's estimate (:meth:`_self_conditioned_sampling`),
+        so each step refines the last instead of starting again from ``x_t`` alone."""
+        def net(x_t, tt, c):
+            prev = torch.zeros_like(x_t)
+            if use.any():
+                with torch.no_grad():
+                    sub = {k: v[use] for k, v in c.items()} if isinstance(c, dict) else (None if c is None else c[use])
+                    out = self.net(torch.cat([x_t[use], prev[use]], 1), tt[use], sub)
+                    prev[use] = self.diffusion.predict(out.to(x_t), x_t[use], t[use])[0]
+            return self.net(torch.cat([x_t, prev], 1), tt, c)
+        return net
+
+    def _self_conditioned_sampling(self):
+        """The denoiser for a sampler: each call is fed the ``x0`` estimate of the call before
+        (zeros at the first), per row, so guidance's conditional and null rows keep their own."""
+        last = {}
+
+        def net(x, tt, c):
+            prev = last.get("x0")
+            if prev is None or prev.shape != x.shape:
+                prev = torch.zeros_like(x)
+            out = self.net(torch.cat([x, prev], 1), tt, c)
+            t = tt / self.diffusion.steps if self.diffusion.is_flow else tt.round().long()
+            last["x0"] = self.diffusion.predict(out.to(x), x, t)[0]
+            return out
+        return net
 
     def validation_step(self, batch, batch_idx):
         # Fixed times and noise, so the validation loss is comparable across steps.
@@ -335,13 +433,13 @@ class DiffusionModule(pl.LightningModule):
         kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
         kwargs.setdefault("clip", self.hparams.clip)
         null = self.null(shape[0], like=cond if isinstance(cond, dict) else None) if cond is not None else None
-        model = self.net
+        model = self._self_conditioned_sampling() if self.hparams.self_condition else self.net
         if mask is not None:
             if given is None or tuple(given.shape) != tuple(shape) or tuple(mask.shape) != (shape[0], shape[2]):
                 raise ValueError(f"frames given by `given` {tuple(given.shape) if given is not None else None} and "
                                  f"`mask` {tuple(mask.shape)} must be {tuple(shape)} and {(shape[0], shape[2])}")
             given, mask = given.to(self.device), mask.to(self.device).bool()
-            model = self._given_frames(self.net, given, mask, g)
+            model = self._given_frames(model, given, mask, g)
         elif self.hparams.frame_masks:  # nothing given: the mask channel says so
             from ..diffusion.frames import masked_input
 

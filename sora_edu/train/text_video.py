@@ -274,7 +274,7 @@ class TextVideoDataModule(EncodedDataModule):
 
         hp = self.hparams
         overrides = hp.captioner_overrides or []
-        captioner = load_or_train(hp.captioner, *overrides, verbose=False)
+        captioner = lambda: load_or_train(hp.captioner, *overrides, verbose=False)  # noqa: E731 -- loaded only if not cached
         recaptions = recaption(captioner, latents, str(folder / f"recaptions_{cached_path(hp.captioner, *overrides).name}.json"))
         self.recaptions = recaptions
         pick = np.random.default_rng([hp.seed, 95]).random(len(latents)) < hp.recaption_mix
