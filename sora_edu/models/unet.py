@@ -22,7 +22,9 @@ a ``dims=2`` U-Net, a (2+1)D network (Video Diffusion Models, arXiv 2204.03458, 
 space and time the same way); ``scale_shift`` lets the embedding scale the features, not
 only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) position.
 ``extra_channels`` are inputs beyond ``x`` (concatenated to it; the output keeps
-``in_channels``): the previous ``x0`` estimate under self-conditioning.
+``in_channels``): the previous ``x0`` estimate under self-conditioning. ``forward(...,
+features=True)`` also returns the bottleneck's features, which REPA aligns to a CLIP's video
+tokens (:class:`~sora_edu.train.diffusion.DiffusionModule`'s ``repa_from``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ space: it expects latents already scaled by the VAE's ``scale_factor`` (the
 :class:`LatentVideoDataModule` makes them) and :meth:`generate` decodes its samples to
 videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callback.
 ``self_condition=True`` also feeds the network its own previous ``x0`` estimate (a network
-with ``extra_channels = in_channels``; notebook 06 measures it as a lever).
+with ``extra_channels = in_channels``; notebook 06 measures it as a lever). ``repa_from``
+(a cached CLIP config) adds REPA's alignment of the network's bottleneck features to that
+CLIP's frozen video tokens, weighted by ``repa_weight`` (a network with ``feature_dim`` and
+``forward(..., features=True)``, the U-Net; ``t2v_unet.yaml`` uses it).
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
