@@ -81,7 +81,7 @@ def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[st
 
 
 def _write_samples(module, prompt: str, n: int, frames: int, height: int, width: int, seed: int, guidance: float,
-                   steps: int, folder: Path, name: str) -> dict:
+                   steps: int, folder: Path, name: str, autoguidance: float = 0.0) -> dict:
     from .eval.world_score import adherence
     from .train.text_video import T2V_VOCABULARY, complete_prompt
     from .viz import save_video, tile
@@ -96,7 +96,8 @@ def _write_samples(module, prompt: str, n: int, frames: int, height: int, width:
     print(f"prompt: {prompt!r}")
     for i, c in enumerate(captions):
         print(f"  sample {i}: {c!r}")
-    videos = module.generate((n, *vae.latent_shape(frames, height, width)), list(captions), frames=frames, seed=seed, steps=steps, guidance=guidance).cpu()
+    videos = module.generate((n, *vae.latent_shape(frames, height, width)), list(captions), frames=frames, seed=seed,
+                             steps=steps, guidance=guidance, autoguidance=autoguidance).cpu()
     movie = save_video(folder / f"{name}.mp4", videos[0], fps=8, scale=4)
     if n > 1:
         save_video(folder / f"{name}_all.mp4", tile(videos, min(n, 4)), fps=8, scale=4)
@@ -133,7 +134,7 @@ def demo(prompt: str = "a red circle moves left", out: str = "sora_edu_demo", n:
 
 def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, model: str = "t2v",
            checkpoint: str | None = None, out: str = "sora_edu_sample", n: int = 1, seed: int = 0,
-           guidance: float = 4.0, steps: int = 20) -> Path:
+           guidance: float = 4.0, steps: int = 20, autoguidance: float = 0.0) -> Path:
     """Sample a text-to-video model at any size it supports (widescreen, vertical, longer).
 
     Args:
@@ -149,12 +150,14 @@ def sample(prompt: str, frames: int = 16, height: int = 64, width: int = 64, mod
         seed: sampling seed.
         guidance: classifier-free guidance scale.
         steps: sampler steps.
+        autoguidance: weight of autoguidance (a model trained with ``autoguide_at``, as
+            ``t2v_unet`` is: 1 is what it was measured with); 0 is off.
     """
     from .train.cached import smoke_overrides
 
     module = _text_to_video_model(model, checkpoint, smoke_overrides(10))
     folder = Path(out)
-    _write_samples(module, prompt, n, frames, height, width, seed, guidance, steps, folder, "sample")
+    _write_samples(module, prompt, n, frames, height, width, seed, guidance, steps, folder, "sample", autoguidance)
     return folder
 
 

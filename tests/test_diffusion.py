@@ -145,6 +145,23 @@ def test_guidance_scale_one_is_conditional_sampling_and_scale_s_mixes():
     assert torch.equal(plain, sample(d, unet, (2, 1, 8, 8), y, steps=5, guidance=1.0, null_cond=null, generator=g()))
 
 
+
+def test_autoguidance_adds_the_difference_to_the_weak_model():
+    def model(x, t, cond):
+        return x * 0 + cond.float().reshape(-1, 1, 1, 1)  # predicts its label
+
+    def weak(x, t, cond):
+        return x * 0 + 0.5 * cond.float().reshape(-1, 1, 1, 1)  # the same, half as sure
+
+    x, t, y, null = torch.zeros(2, 1, 2, 2), torch.zeros(2), torch.tensor([1, 2]), torch.zeros(2, dtype=torch.long)
+    # u + s (c - u) + a (c - w): u = 0, c = label, w = label / 2
+    out = classifier_free_guidance(model, 3.0, null, weak=weak, autoguidance=2.0)(x, t, y)
+    assert torch.equal(out[:, 0, 0, 0], torch.tensor([4.0, 8.0]))
+    out = classifier_free_guidance(model, 1.0, weak=weak, autoguidance=2.0)(x, t, y)  # no null needed at scale 1
+    assert torch.equal(out[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
+    with pytest.raises(ValueError, match="needs a weak model"):
+        classifier_free_guidance(model, 2.0, null, autoguidance=1.0)
+
 def test_seeded_sampling_is_deterministic():
     d = Diffusion("eps")
     unet = UNet(1, (8, 8), num_classes=3).eval()
@@ -579,3 +596,53 @@ def test_repa_aligns_the_bottleneck_to_a_frozen_clip_video_tower(monkeypatch):
     # the cache key follows the CLIP it aligns to
     assert cached_path("t2v_unet", "--model.init_args.repa_from=null") != cached_path("t2v_unet") != \
         cached_path("t2v_unet", '--model.init_args.repa_overrides=["--trainer.max_steps=10"]')
+
+
+def test_autoguide_at_keeps_the_ema_weights_from_that_step_and_samples_with_them():
+    import lightning.pytorch as pl
+
+    from sora_edu.train.callbacks import EMA
+    from sora_edu.train.cli import from_config
+    from sora_edu.train.diffusion import DiffusionModule
+
+    def cli_for(*more):
+        return from_config("diffusion_digits", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                           "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false",
+                           "--trainer.max_steps=8", "--trainer.limit_val_batches=0", "--trainer.callbacks=[]",
+                           "--data.init_args.height=8", "--data.init_args.width=8", "--data.init_args.batch_size=16",
+                           "--data.init_args.num_train=128", "--data.init_args.num_val=16",
+                           "--model.init_args.net.init_args.channels=[8, 16]", *more)
+
+    class AtStep4(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 4:
+                self.ema = {k: v.clone() for k, v in ema.ema.module.state_dict().items()}
+
+    cli = cli_for("--model.init_args.autoguide_at=0.5")
+    ema, seen = EMA(decay=0.5), AtStep4()
+    cli.trainer.callbacks.extend([ema, seen])
+    m = cli.model
+    y = torch.arange(4)
+    with pytest.raises(ValueError, match="never taken"):
+        m.sample((4, 1, 8, 8), y, steps=3, autoguidance=1.0)
+    cli.trainer.fit(m, cli.datamodule)
+    assert int(m.weak_step) == 4  # half of the 8 steps
+    weak = m.weak_net.state_dict()
+    assert all(torch.equal(weak[k], v) for k, v in seen.ema.items())  # the EMA weights of step 4
+    assert not all(torch.equal(weak[k], v) for k, v in m.net.state_dict().items())  # not the final ones
+    assert not any(p.requires_grad for p in m.weak_net.parameters())
+    trained = {id(p) for group in m.optimizers().optimizer.param_groups for p in group["params"]}
+    assert not trained & {id(p) for p in m.weak_net.parameters()}
+    plain = m.sample((4, 1, 8, 8), y, steps=3, guidance=2.0)
+    assert torch.equal(plain, m.sample((4, 1, 8, 8), y, steps=3, guidance=2.0, autoguidance=0.0))
+    guided = m.sample((4, 1, 8, 8), y, steps=3, guidance=2.0, autoguidance=1.0)
+    assert not torch.allclose(plain, guided)
+    # the weak copy travels with the checkpoint
+    again = cli_for("--model.init_args.autoguide_at=0.5").model
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(guided, again.sample((4, 1, 8, 8), y, steps=3, guidance=2.0, autoguidance=1.0))
+    # a model without one says how to get one; bad fractions are refused
+    with pytest.raises(ValueError, match="train with autoguide_at"):
+        cli_for().model.sample((4, 1, 8, 8), y, steps=3, autoguidance=1.0)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        DiffusionModule(UNet(1, (8, 8)), autoguide_at=1.0)

@@ -13,6 +13,13 @@ can read.
 Classifier-free guidance (Ho & Salimans, arXiv 2207.12598) mixes the conditional and
 unconditional predictions, ``out = u + s (c - u)``; the network learned both because its
 condition was dropped (replaced by a *null* condition) for some training examples.
+
+Autoguidance (Karras et al., "Guiding a Diffusion Model with a Bad Version of Itself",
+arXiv 2406.02507) adds ``a (c - w)``, where ``w`` is a *weak* version of the same network
+(here: its own weights from earlier in training) given the same condition. Where the weak
+model errs the way the good one still does a little (a cross's arms rounded off), the
+difference points away from the error: it sharpens what is drawn without the overshoot
+that a larger CFG scale brings.
 """
 
 from __future__ import annotations
@@ -34,19 +41,29 @@ def _cat(a, b):
     raise TypeError(f"cannot batch a condition of type {type(a).__name__} for guidance")
 
 
-def classifier_free_guidance(model: Callable, scale: float, null_cond=None) -> Callable:
-    """``model(x, t, cond)`` -> a guided ``model(x, t, cond)``. ``scale = 1`` is plain
-    conditional sampling (one network call); otherwise both predictions come from one
-    batched call on ``[cond, null_cond]``."""
-    if scale == 1.0:
+def classifier_free_guidance(model: Callable, scale: float, null_cond=None, weak: Callable | None = None,
+                             autoguidance: float = 0.0) -> Callable:
+    """``model(x, t, cond)`` -> a guided ``model(x, t, cond)``: ``u + scale (c - u)``, plus
+    ``autoguidance * (c - weak(x, t, cond))`` when ``autoguidance`` is not 0. ``scale = 1``
+    and no autoguidance is plain conditional sampling (one network call); otherwise ``c`` and
+    ``u`` come from one batched call on ``[cond, null_cond]`` (and ``w`` from a second)."""
+    if autoguidance and weak is None:
+        raise ValueError(f"autoguidance {autoguidance} needs a weak model (weak=): a worse version of the same network")
+    if scale == 1.0 and not autoguidance:
         return model
-    if null_cond is None:
+    if scale != 1.0 and null_cond is None:
         raise ValueError(f"classifier-free guidance at scale {scale} needs a null condition (null_cond), "
                          "the one the model saw when its condition was dropped in training")
 
     def guided(x, t, cond):
-        c, u = model(torch.cat([x, x]), torch.cat([t, t]), _cat(cond, null_cond)).chunk(2)
-        return u + scale * (c - u)
+        if scale == 1.0:
+            c = out = model(x, t, cond)
+        else:
+            c, u = model(torch.cat([x, x]), torch.cat([t, t]), _cat(cond, null_cond)).chunk(2)
+            out = u + scale * (c - u)
+        if autoguidance:
+            out = out + autoguidance * (c - weak(x, t, cond))
+        return out
 
     return guided
 
@@ -62,10 +79,12 @@ def _discrete_times(diffusion: Diffusion, steps: int) -> list[int]:
 def sample(diffusion: Diffusion, model: Callable, shape: tuple[int, ...], cond=None, *, sampler: str = "ddim",
            steps: int = 25, eta: float = 0.0, guidance: float = 1.0, null_cond=None, clip: float | None = None,
            generator: torch.Generator | None = None, device=None, chain: list | None = None,
-           start: torch.Tensor | None = None, t_start: float = 1.0) -> torch.Tensor:
+           start: torch.Tensor | None = None, t_start: float = 1.0, weak: Callable | None = None,
+           autoguidance: float = 0.0) -> torch.Tensor:
     """Draw ``shape`` samples. ``clip`` clamps each ``x0`` estimate (1.0 for pixels in
     [-1, 1]; None for latents). Pass a list as ``chain`` to collect ``(t, x_t, x0_hat)`` at
-    every step. Seeded by ``generator`` (same generator state, same samples).
+    every step. Seeded by ``generator`` (same generator state, same samples). ``weak`` and
+    ``autoguidance``: see :func:`classifier_free_guidance`.
 
     SDEdit (Meng et al., arXiv 2108.01073; flow samplers): with ``start`` data and
     ``t_start < 1`` the path begins at ``x_t = (1 - t_start) start + t_start eps`` instead of
@@ -80,7 +99,7 @@ def sample(diffusion: Diffusion, model: Callable, shape: tuple[int, ...], cond=N
         raise ValueError(f"t_start (the edit strength) must be in [0, 1], got {t_start}")
     if start is not None and not diffusion.is_flow:
         raise ValueError("starting from data (SDEdit) is implemented for the flow samplers ('euler', 'heun')")
-    net = classifier_free_guidance(model, guidance, null_cond)
+    net = classifier_free_guidance(model, guidance, null_cond, weak, autoguidance)
     x = torch.randn(shape, generator=generator, device=device)
     if start is not None:
         if tuple(start.shape) != tuple(shape):

@@ -10,7 +10,10 @@ videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callbac
 with ``extra_channels = in_channels``; notebook 06 measures it as a lever). ``repa_from``
 (a cached CLIP config) adds REPA's alignment of the network's bottleneck features to that
 CLIP's frozen video tokens, weighted by ``repa_weight`` (a network with ``feature_dim`` and
-``forward(..., features=True)``, the U-Net; ``t2v_unet.yaml`` uses it).
+``forward(..., features=True)``, the U-Net; ``t2v_unet.yaml`` uses it). ``autoguide_at``
+(a fraction of the training steps) keeps a copy of the EMA weights from that point,
+``weak_net``, in the checkpoint: sampling with ``autoguidance=a`` guides the final network
+away from that weaker self (Karras et al., arXiv 2406.02507), at no extra training cost.
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -44,8 +47,14 @@ class DiffusionModule(pl.LightningModule):
                  frame_masks: list[str] | None = None, image_prob: float = 0.0, init_from: str | None = None,
                  init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
                  text_overrides: list[str] | None = None, snr_gamma: float = 5.0, self_condition: bool = False,
-                 repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5) -> None:
+                 repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
+                 autoguide_at: float | None = None) -> None:
         super().__init__()
+        if autoguide_at is not None and not 0.0 < autoguide_at < 1.0:
+            raise ValueError(f"autoguide_at is the fraction of training at which the weak model is kept, in (0, 1); "
+                             f"got {autoguide_at}")
+        if autoguide_at is not None and (frame_masks or self_condition):
+            raise ValueError("autoguide_at guides the plain denoiser: not with frame_masks or self_condition")
         if repa_from and (frame_masks or self_condition):
             raise ValueError("repa_from aligns the plain denoiser's features: not with frame_masks or self_condition")
         if not 0.0 <= cond_drop < 1.0:
@@ -90,6 +99,13 @@ class DiffusionModule(pl.LightningModule):
             # The target's width, read off the config (nothing is trained or loaded here).
             width = from_config(repa_from, *QUIET, *(repa_overrides or [])).model.net.video.dim
             self.repa_proj = nn.Sequential(nn.Linear(net.feature_dim, 256), nn.SiLU(), nn.Linear(256, width))
+        if autoguide_at is not None:
+            # Autoguidance's weak model: the same network, frozen, overwritten once in training
+            # (`on_train_batch_end`); `weak_step` (0 until then) is saved with it.
+            import copy
+
+            self.weak_net = copy.deepcopy(net).requires_grad_(False)
+            self.register_buffer("weak_step", torch.zeros((), dtype=torch.long))
         self.tokenizer = None
         if self.is_text:
             from ..models.text import WordTokenizer
@@ -379,8 +395,24 @@ class DiffusionModule(pl.LightningModule):
         noise = torch.randn(x.shape, generator=g, device=x.device)
         self.log("val/loss", self._loss(x, self.condition(batch), t, noise), prog_bar=True)
 
+    def on_train_start(self) -> None:
+        if self.hparams.autoguide_at is not None:
+            self._weak_at = self.hparams.autoguide_at * self.trainer.estimated_stepping_batches
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.hparams.autoguide_at is None or self.weak_step > 0 or self.global_step < self._weak_at:
+            return
+        from .callbacks import EMA
+
+        ema = next((c.ema.module for c in self.trainer.callbacks if isinstance(c, EMA) and c.attribute == "net"
+                    and c.ema is not None), self.net)  # the weights sampling would use at this point
+        self.weak_net.load_state_dict(ema.state_dict())
+        self.weak_step.fill_(self.global_step)
+
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        trained = [p for name, p in self.named_parameters() if not name.startswith("weak_net.")]
+        opt = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return {"optimizer": opt,
                 "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)}
 
@@ -435,6 +467,8 @@ class DiffusionModule(pl.LightningModule):
             cond = cond.to(self.device)
         kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
         kwargs.setdefault("clip", self.hparams.clip)
+        if kwargs.get("autoguidance"):
+            kwargs["weak"] = self._weak_model(mask)
         null = self.null(shape[0], like=cond if isinstance(cond, dict) else None) if cond is not None else None
         model = self._self_conditioned_sampling() if self.hparams.self_condition else self.net
         if mask is not None:
@@ -453,6 +487,17 @@ class DiffusionModule(pl.LightningModule):
             out = torch.where(mask[:, None, :, None, None], given, out)
         self.train(was_training)
         return out
+
+    def _weak_model(self, mask):
+        """The weak network for autoguidance, or a clear error why there is none."""
+        if self.hparams.get("autoguide_at") is None:
+            raise ValueError("autoguidance needs a weak model: train with autoguide_at (e.g. 0.5) to keep one")
+        if int(self.weak_step) == 0:
+            raise ValueError("autoguidance: this model's weak copy was never taken (training stopped before "
+                             f"autoguide_at={self.hparams.autoguide_at} of its steps)")
+        if mask is not None:
+            raise ValueError("autoguidance is for plain generation, not with given frames (mask)")
+        return self.weak_net
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
