@@ -646,3 +646,5 @@ def test_autoguide_at_keeps_the_ema_weights_from_that_step_and_samples_with_them
         cli_for().model.sample((4, 1, 8, 8), y, steps=3, autoguidance=1.0)
     with pytest.raises(ValueError, match=r"in \(0, 1\)"):
         DiffusionModule(UNet(1, (8, 8)), autoguide_at=1.0)
+    with pytest.raises(ValueError, match="autoguide_at: for the plain denoiser.*not with frame_masks or self_condition"):
+        DiffusionModule(UNet(1, (8, 8), extra_channels=1), autoguide_at=0.5, frame_masks=["prefix"])

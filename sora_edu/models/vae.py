@@ -223,8 +223,8 @@ class VideoAutoencoder(nn.Module):
     encoder cannot outgrow the noise by scaling its codes up). The encoder must then keep
     what tells two videos apart farther apart than the noise: a latent a diffusion model can
     get slightly wrong and still decode right (the "latent denoising tokenizer" idea, Yang
-    et al., arXiv 2507.15856; a small cross and a small circle are otherwise a few hundredths
-    apart, and a denoiser's error turns one into the other).
+    et al., arXiv 2507.15856; a small cross and a small circle differ in a few latent cells,
+    and a denoiser's error there turns one into the other).
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 64, 64), temporal_down: int = 2,

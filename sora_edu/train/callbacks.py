@@ -64,6 +64,12 @@ class EMA(pl.Callback):
         self.ema = None
         self._backup = None
 
+    @staticmethod
+    def running(trainer, attribute: str | None = None) -> "EMA | None":
+        """The trainer's EMA callback that has started averaging (``attribute``'s, if given), or None."""
+        return next((c for c in trainer.callbacks if isinstance(c, EMA) and c.ema is not None
+                     and attribute in (None, c.attribute)), None)
+
     def _target(self, pl_module):
         return getattr(pl_module, self.attribute)
 

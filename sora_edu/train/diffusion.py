@@ -53,10 +53,10 @@ class DiffusionModule(pl.LightningModule):
         if autoguide_at is not None and not 0.0 < autoguide_at < 1.0:
             raise ValueError(f"autoguide_at is the fraction of training at which the weak model is kept, in (0, 1); "
                              f"got {autoguide_at}")
-        if autoguide_at is not None and (frame_masks or self_condition):
-            raise ValueError("autoguide_at guides the plain denoiser: not with frame_masks or self_condition")
-        if repa_from and (frame_masks or self_condition):
-            raise ValueError("repa_from aligns the plain denoiser's features: not with frame_masks or self_condition")
+        plain_only = [name for name, on in (("repa_from", repa_from), ("autoguide_at", autoguide_at is not None)) if on]
+        if plain_only and (frame_masks or self_condition):
+            raise ValueError(f"{' and '.join(plain_only)}: for the plain denoiser (its features, its weights), "
+                             "not with frame_masks or self_condition")
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
         if frame_masks:
@@ -405,9 +405,9 @@ class DiffusionModule(pl.LightningModule):
             return
         from .callbacks import EMA
 
-        ema = next((c.ema.module for c in self.trainer.callbacks if isinstance(c, EMA) and c.attribute == "net"
-                    and c.ema is not None), self.net)  # the weights sampling would use at this point
-        self.weak_net.load_state_dict(ema.state_dict())
+        ema = EMA.running(self.trainer, "net")
+        # The weights sampling would use at this point: the average if one runs.
+        self.weak_net.load_state_dict((self.net if ema is None else ema.ema.module).state_dict())
         self.weak_step.fill_(self.global_step)
 
     def configure_optimizers(self):
@@ -490,7 +490,7 @@ class DiffusionModule(pl.LightningModule):
 
     def _weak_model(self, mask):
         """The weak network for autoguidance, or a clear error why there is none."""
-        if self.hparams.get("autoguide_at") is None:
+        if self.hparams.autoguide_at is None:
             raise ValueError("autoguidance needs a weak model: train with autoguide_at (e.g. 0.5) to keep one")
         if int(self.weak_step) == 0:
             raise ValueError("autoguidance: this model's weak copy was never taken (training stopped before "

@@ -344,7 +344,7 @@ class AdherenceCurve(pl.Callback):
         from .callbacks import EMA
 
         begin = time.perf_counter()
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA) and c.ema is not None), None)
+        ema = EMA.running(trainer)
         if ema is not None:
             ema._swap_in(pl_module)
         hp = trainer.datamodule.hparams
