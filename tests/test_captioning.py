@@ -124,3 +124,39 @@ def test_text_video_data_checks_its_caption_options():
         TextVideoDataModule(captions="gpt")
     with pytest.raises(ValueError, match="recaption_mix"):
         TextVideoDataModule(captions="recaptioned", recaption_mix=1.5)
+
+
+def test_video_from_starts_the_captioners_tower_from_a_clip_video_tower(monkeypatch):
+    """LLaVA-style: the captioner's video tower is the CLIP's at the start of training, the data
+    must be latents of the CLIP's autoencoder, and mismatched towers get a clear error."""
+    from types import SimpleNamespace
+
+    from sora_edu.models.clip import TinyCLIP
+    from sora_edu.train.captioning import CaptionModule
+
+    torch.manual_seed(0)
+    clip = TinyCLIP(len(TOK), in_channels=4, patch_size=(1, 2, 2), video_dim=32, video_depth=2, text_dim=16,
+                    text_depth=1, embed_dim=8)
+    net = PrefixLM(len(TOK), "video", dim=32, depth=1, heads=4, in_channels=4, patch_size=(1, 2, 2), video_depth=2)
+    module = CaptionModule(net, video_from="clip_t2v")
+    monkeypatch.setattr(module, "_clip", lambda: SimpleNamespace(net=clip))
+    assert not torch.equal(net.video.embed.proj.weight, clip.video.embed.proj.weight)
+    # clip_t2v.yaml reads plain vae_t2v latents: data of another autoencoder are refused
+    other = SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": ["--model.init_args.net.init_args.latent_noise=0.3"]})
+    with pytest.raises(ValueError, match="give video_overrides the same"):
+        module.check_clip_data(other)
+    module.check_clip_data(SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": []}))  # the same: fine
+    monkeypatch.setattr(module, "check_clip_data", lambda dm: None)
+    module.setup("fit")
+    latents = torch.randn(2, 4, 2, 4, 4)
+    torch.testing.assert_close(net.video.tokens(latents), clip.video.tokens(latents))  # the same tower
+    assert all(p.requires_grad for p in net.video.parameters())  # it trains on with the decoder
+    with torch.no_grad():
+        net.video.embed.proj.weight.add_(1.0)
+    module.setup("fit")  # set up again (a second stage): the trained tower is not overwritten
+    assert not torch.equal(net.video.embed.proj.weight, clip.video.embed.proj.weight)
+    deeper = PrefixLM(len(TOK), "video", dim=32, depth=1, heads=4, in_channels=4, patch_size=(1, 2, 2), video_depth=3)
+    with pytest.raises(ValueError, match="does not match the captioner's"):
+        CaptionModule(deeper, video_from="clip_t2v").initialise_video_from(clip.video)
+    with pytest.raises(ValueError, match="text prefix"):
+        CaptionModule(PrefixLM(len(TOK), "text", dim=32, depth=1, heads=2), video_from="clip_t2v")

@@ -68,10 +68,16 @@ def caption_accuracy(generated: Sequence[str], truth: Sequence[str]) -> dict:
 
 
 class CaptionModule(pl.LightningModule):
-    """Teacher-forced training of a prefix LM (captioner or upsampler) with AdamW + warmup-cosine."""
+    """Teacher-forced training of a prefix LM (captioner or upsampler) with AdamW + warmup-cosine.
+
+    ``video_from`` (a cached CLIP config, e.g. ``"clip_t2v"``; ``video_overrides`` its
+    overrides) starts the captioner's video tower from that CLIP's video tower, as LLaVA
+    starts from CLIP's vision encoder: a tower that already had to tell videos apart by
+    their captions. It trains on with the decoder. The CLIP must read latents of the same
+    autoencoder as this module's data (checked in ``setup``)."""
 
     def __init__(self, net: PrefixLM, lr: float = 1e-3, warmup_steps: int = 50, weight_decay: float = 0.01,
-                 max_len: int = 24) -> None:
+                 max_len: int = 24, video_from: str | None = None, video_overrides: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -79,6 +85,52 @@ class CaptionModule(pl.LightningModule):
         if net.embed.num_embeddings != len(self.tokenizer):
             raise ValueError(f"the network has {net.embed.num_embeddings} words but the world's tokenizer has "
                              f"{len(self.tokenizer)}: set vocab_size={len(self.tokenizer)}")
+        if video_from and net.video is None:
+            raise ValueError("video_from starts a captioner's video tower: this network has a text prefix")
+
+    def _clip(self):
+        from .cached import load_or_train
+
+        return load_or_train(self.hparams.video_from, *(self.hparams.video_overrides or []), verbose=False)
+
+    def prepare_data(self) -> None:
+        if self.hparams.video_from:  # trained here if absent (rank 0, before DDP ranks start)
+            self._clip()
+
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        fresh = stage == "fit" and (trainer is None or trainer.global_step == 0)  # not a resume
+        if self.hparams.video_from and fresh and not getattr(self, "_video_initialised", False):
+            self.check_clip_data(getattr(trainer, "datamodule", None))
+            self.initialise_video_from(self._clip().net.video)
+            self._video_initialised = True
+
+    def check_clip_data(self, datamodule) -> None:
+        """The CLIP named by ``video_from`` must have read latents of this data's autoencoder."""
+        from .cli import from_config
+        from .cached import QUIET
+
+        hp = getattr(datamodule, "hparams", {})
+        if "vae" not in hp:
+            return
+        clip = from_config(self.hparams.video_from, *QUIET, *(self.hparams.video_overrides or [])).datamodule.hparams
+        theirs, mine = (clip["vae"], list(clip.get("vae_overrides") or [])), (hp["vae"], list(hp.get("vae_overrides") or []))
+        if theirs != mine:
+            raise ValueError(f"video_from={self.hparams.video_from!r} read latents of {theirs[0]!r} {theirs[1]} but "
+                             f"the captioner's data are {mine[0]!r} {mine[1]}: give video_overrides the same "
+                             f"--data.init_args.vae_overrides")
+
+    @torch.no_grad()
+    def initialise_video_from(self, tower: torch.nn.Module) -> None:
+        """Copy a CLIP video tower's weights into the captioner's (same patch size, width, depth)."""
+        mine, theirs = self.net.video.state_dict(), tower.state_dict()
+        wrong = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
+                       or mine[k].shape != theirs[k].shape)
+        if wrong:
+            raise ValueError(f"video_from={self.hparams.video_from!r}: its video tower does not match the captioner's "
+                             f"(first mismatches: {wrong[:3]}); give both the same patch_size, width (dim) and "
+                             f"depth (video_depth)")
+        self.net.video.load_state_dict(theirs)
 
     def _prefix(self, batch):
         if self.net.prefix == "video":
