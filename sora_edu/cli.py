@@ -71,6 +71,7 @@ def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[st
     from .train.cached import QUIET, load_or_train
     from .train.cli import from_config
 
+    overrides = [*overrides, *_smoke_clips(config, overrides)]
     if checkpoint is None:
         return load_or_train(config, *overrides)
     module = from_config(config, *QUIET, *overrides).model
@@ -78,6 +79,20 @@ def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[st
     module.load_state_dict(state.get("state_dict", state))
     print(f"loaded {checkpoint}")
     return module.eval()
+
+
+def _smoke_clips(config: str, overrides: list[str]) -> list[str]:
+    """In smoke mode, the CLIPs a config starts its text encoder from or aligns to
+    (``text_from``, ``repa_from``, as ``t2v_unet`` does) shrink too, on the smoke
+    autoencoder: without this they would train at full size, on a full-size autoencoder."""
+    if not smoke():
+        return []
+    from .train.cached import QUIET, smoke_overrides
+    from .train.cli import from_config
+
+    hp = from_config(config, *QUIET, *overrides).model.hparams
+    clip = smoke_overrides(10, model_vae=False)
+    return [f"--model.init_args.{k}_overrides={clip}" for k in ("text", "repa") if hp.get(f"{k}_from")]
 
 
 def _write_samples(module, prompt: str, n: int, frames: int, height: int, width: int, seed: int, guidance: float,
