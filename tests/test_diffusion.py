@@ -145,7 +145,6 @@ def test_guidance_scale_one_is_conditional_sampling_and_scale_s_mixes():
     assert torch.equal(plain, sample(d, unet, (2, 1, 8, 8), y, steps=5, guidance=1.0, null_cond=null, generator=g()))
 
 
-
 def test_autoguidance_adds_the_difference_to_the_weak_model():
     def model(x, t, cond):
         return x * 0 + cond.float().reshape(-1, 1, 1, 1)  # predicts its label
@@ -161,6 +160,7 @@ def test_autoguidance_adds_the_difference_to_the_weak_model():
     assert torch.equal(out[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
     with pytest.raises(ValueError, match="needs a weak model"):
         classifier_free_guidance(model, 2.0, null, autoguidance=1.0)
+
 
 def test_seeded_sampling_is_deterministic():
     d = Diffusion("eps")

@@ -135,6 +135,23 @@ def load_or_train(config: str, *overrides: str, verbose: bool = True) -> pl.Ligh
     return cli.model.eval()
 
 
+def fresh_fit(module: pl.LightningModule, stage: str, done: str) -> bool:
+    """True in the ``setup`` of a fit that starts from step 0 (not a resume) and has not yet
+    run the step that sets ``module.<done>``: where a module starts from a cached one's weights."""
+    trainer = module._trainer
+    return stage == "fit" and (trainer is None or trainer.global_step == 0) and not getattr(module, done, False)
+
+
+def copy_weights(into, source, mismatch: str, fix: str) -> None:
+    """Load ``source``'s weights into ``into`` (two ``nn.Module``), which must have the same
+    names and shapes; otherwise a ValueError says ``mismatch``, the first mismatched names, ``fix``."""
+    mine, theirs = into.state_dict(), source.state_dict()
+    wrong = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise ValueError(f"{mismatch} (first mismatches: {wrong[:3]}); {fix}")
+    into.load_state_dict(theirs)
+
+
 def _train_in_worker(job: tuple[str, list[str], int]) -> str:
     config, overrides, threads = job
     import torch

@@ -98,23 +98,24 @@ class CaptionModule(pl.LightningModule):
             self._clip()
 
     def setup(self, stage: str) -> None:
-        trainer = self._trainer
-        fresh = stage == "fit" and (trainer is None or trainer.global_step == 0)  # not a resume
-        if self.hparams.video_from and fresh and not getattr(self, "_video_initialised", False):
-            self.check_clip_data(getattr(trainer, "datamodule", None))
+        from .cached import fresh_fit
+
+        if self.hparams.video_from and fresh_fit(self, stage, "_video_initialised"):
+            self.check_clip_data(getattr(self._trainer, "datamodule", None))
             self.initialise_video_from(self._clip().net.video)
             self._video_initialised = True
 
     def check_clip_data(self, datamodule) -> None:
         """The CLIP named by ``video_from`` must have read latents of this data's autoencoder."""
-        from .cli import from_config
         from .cached import QUIET
+        from .cli import from_config
+        from .diffusion import EncodedDataModule
 
-        hp = getattr(datamodule, "hparams", {})
-        if "vae" not in hp:
+        mine = EncodedDataModule.autoencoder_of(datamodule)
+        if mine is None:
             return
-        clip = from_config(self.hparams.video_from, *QUIET, *(self.hparams.video_overrides or [])).datamodule.hparams
-        theirs, mine = (clip["vae"], list(clip.get("vae_overrides") or [])), (hp["vae"], list(hp.get("vae_overrides") or []))
+        clip = from_config(self.hparams.video_from, *QUIET, *(self.hparams.video_overrides or [])).datamodule
+        theirs = EncodedDataModule.autoencoder_of(clip)
         if theirs != mine:
             raise ValueError(f"video_from={self.hparams.video_from!r} read latents of {theirs[0]!r} {theirs[1]} but "
                              f"the captioner's data are {mine[0]!r} {mine[1]}: give video_overrides the same "
@@ -123,14 +124,11 @@ class CaptionModule(pl.LightningModule):
     @torch.no_grad()
     def initialise_video_from(self, tower: torch.nn.Module) -> None:
         """Copy a CLIP video tower's weights into the captioner's (same patch size, width, depth)."""
-        mine, theirs = self.net.video.state_dict(), tower.state_dict()
-        wrong = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
-                       or mine[k].shape != theirs[k].shape)
-        if wrong:
-            raise ValueError(f"video_from={self.hparams.video_from!r}: its video tower does not match the captioner's "
-                             f"(first mismatches: {wrong[:3]}); give both the same patch_size, width (dim) and "
-                             f"depth (video_depth)")
-        self.net.video.load_state_dict(theirs)
+        from .cached import copy_weights
+
+        copy_weights(self.net.video, tower,
+                     f"video_from={self.hparams.video_from!r}: its video tower does not match the captioner's",
+                     "give both the same patch_size, width (dim) and depth (video_depth)")
 
     def _prefix(self, batch):
         if self.net.prefix == "video":

@@ -190,13 +190,11 @@ class DiffusionModule(pl.LightningModule):
         denoiser's loss unchanged at every noise level (measured, notebook 06), while CLIP's text
         tower has had to tell videos apart by those words -- as Imagen (arXiv 2205.11487) and
         Stable Diffusion condition on a pretrained text encoder rather than learn one."""
-        mine, theirs = self.net.text.state_dict(), tower.state_dict()
-        wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
-        if wrong or set(theirs) - set(mine):
-            raise ValueError(f"text_from={self.hparams.text_from!r}: its text tower does not match this network's "
-                             f"text encoder (first mismatches: {(wrong or sorted(set(theirs) - set(mine)))[:3]}); "
-                             f"give both the same vocab_size, text_dim and text_depth")
-        self.net.text.load_state_dict(theirs)
+        from .cached import copy_weights
+
+        copy_weights(self.net.text, tower,
+                     f"text_from={self.hparams.text_from!r}: its text tower does not match this network's text encoder",
+                     "give both the same vocab_size, text_dim and text_depth")
 
     @torch.no_grad()
     def initialise_from(self, source: nn.Module) -> list[str]:
@@ -217,12 +215,10 @@ class DiffusionModule(pl.LightningModule):
                 skipped.append(name)
         return skipped
 
-    def _fresh_fit(self, stage: str, done: str) -> bool:
-        """A fit starting from step 0 (not a resume) whose ``done`` step has not run yet."""
-        return stage == "fit" and (self.trainer is None or self.trainer.global_step == 0) and not getattr(self, done, False)
-
     def setup(self, stage: str) -> None:
-        if self.hparams.init_from and self._fresh_fit(stage, "_initialised"):
+        from .cached import fresh_fit
+
+        if self.hparams.init_from and fresh_fit(self, stage, "_initialised"):
             from .cached import load_or_train
 
             skipped = self.initialise_from(load_or_train(self.hparams.init_from, *(self.hparams.init_overrides or []),
@@ -230,7 +226,7 @@ class DiffusionModule(pl.LightningModule):
             self._initialised = True
             if skipped:
                 raise ValueError(f"init_from={self.hparams.init_from!r}: {len(skipped)} weights do not fit ({skipped[:4]})")
-        if self.hparams.text_from and self._fresh_fit(stage, "_text_initialised"):
+        if self.hparams.text_from and fresh_fit(self, stage, "_text_initialised"):
             self.initialise_text_from(self.clip_text_tower())
             self._text_initialised = True
         if self.hparams.compile and stage == "fit":
@@ -274,10 +270,9 @@ class DiffusionModule(pl.LightningModule):
 
     def check_data(self, datamodule) -> None:
         """The data must be latents of the autoencoder this model decodes with."""
-        hp = getattr(datamodule, "hparams", {})
-        if "vae" not in hp:
+        data = EncodedDataModule.autoencoder_of(datamodule)
+        if data is None:
             return
-        data = (hp["vae"], list(hp.get("vae_overrides") or []))
         mine = (self.hparams.vae, list(self.hparams.vae_overrides or []))
         if data != mine:
             raise ValueError(f"the data were encoded by {data[0]!r} {data[1]} but the model decodes with "
@@ -536,6 +531,13 @@ class EncodedDataModule(pl.LightningDataModule):
         from .cached import load_or_train_vae
 
         load_or_train_vae(self.hparams.vae, *(self.hparams.vae_overrides or []))
+
+    @staticmethod
+    def autoencoder_of(datamodule) -> tuple[str, list[str]] | None:
+        """``(vae, vae_overrides)``: the cached autoencoder a data module's latents come from,
+        or None for data that are not latents."""
+        hp = getattr(datamodule, "hparams", {})
+        return (hp["vae"], list(hp.get("vae_overrides") or [])) if "vae" in hp else None
 
     @property
     def train_latents(self) -> torch.Tensor:
