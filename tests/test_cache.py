@@ -122,3 +122,22 @@ def test_smoke_overrides_shrink_only_in_smoke_mode(monkeypatch):
     clip = smoke_overrides(10, model_vae=False)  # CLIP's model has no autoencoder: only its data module encodes
     assert not any(o.startswith("--model.init_args.vae_overrides") for o in clip)
     assert f"--data.init_args.vae_overrides={SMOKE_VAE}" in clip
+
+
+def test_a_model_is_keyed_by_every_cached_model_it_starts_from_or_reads(monkeypatch):
+    """A captioner depends on its CLIP tower and on its data's autoencoder; a text-to-video
+    model on recaptions depends on the captioner that wrote them (and only then)."""
+    from sora_edu.train import cached
+    from sora_edu.train.cli import from_config
+
+    monkeypatch.setattr(cached, "config_key", lambda config, *overrides: f"{config}{list(overrides)}")
+    noised = ["--model.init_args.net.init_args.latent_noise=0.3"]
+    deps, key = cached._key(from_config("captioner", *cached.QUIET))
+    assert deps["video_key"] == "clip_t2v" + str(['--data.init_args.vae_overrides=["' + noised[0] + '"]'])
+    assert deps["data_vae_key"] == f"vae_t2v{noised}" and "captioner_key" not in deps
+    image = ["--data.init_args.frames=1", "--data.init_args.captioner_overrides=['--data.init_args.frames=1']"]
+    detailed, _ = cached._key(from_config("t2v_unet", *cached.QUIET, *image))
+    assert "captioner_key" not in detailed and detailed["data_vae_key"] == f"vae_t2v{noised}"
+    recaptioned, other = cached._key(from_config("t2v_unet", *cached.QUIET, *image, "--data.init_args.captions=recaptioned"))
+    assert recaptioned["captioner_key"] == "captioner['--data.init_args.frames=1']"
+    assert other != cached._key(from_config("t2v_unet", *cached.QUIET, *image))[1]

@@ -139,14 +139,14 @@ def test_video_from_starts_the_captioners_tower_from_a_clip_video_tower(monkeypa
                     text_depth=1, embed_dim=8)
     net = PrefixLM(len(TOK), "video", dim=32, depth=1, heads=4, in_channels=4, patch_size=(1, 2, 2), video_depth=2)
     module = CaptionModule(net, video_from="clip_t2v")
-    monkeypatch.setattr(module, "_clip", lambda: SimpleNamespace(net=clip))
+    monkeypatch.setattr(module, "_source", lambda: SimpleNamespace(net=clip))
     assert not torch.equal(net.video.embed.proj.weight, clip.video.embed.proj.weight)
     # clip_t2v.yaml reads plain vae_t2v latents: data of another autoencoder are refused
     other = SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": ["--model.init_args.net.init_args.latent_noise=0.3"]})
     with pytest.raises(ValueError, match="give video_overrides the same"):
-        module.check_clip_data(other)
-    module.check_clip_data(SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": []}))  # the same: fine
-    monkeypatch.setattr(module, "check_clip_data", lambda dm: None)
+        module.check_source_data(other)
+    module.check_source_data(SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": []}))  # the same: fine
+    monkeypatch.setattr(module, "check_source_data", lambda dm: None)
     module.setup("fit")
     latents = torch.randn(2, 4, 2, 4, 4)
     torch.testing.assert_close(net.video.tokens(latents), clip.video.tokens(latents))  # the same tower
@@ -160,3 +160,34 @@ def test_video_from_starts_the_captioners_tower_from_a_clip_video_tower(monkeypa
         CaptionModule(deeper, video_from="clip_t2v").initialise_video_from(clip.video)
     with pytest.raises(ValueError, match="text prefix"):
         CaptionModule(PrefixLM(len(TOK), "text", dim=32, depth=1, heads=2), video_from="clip_t2v")
+
+
+def test_init_from_starts_the_whole_captioner_from_a_trained_one(monkeypatch):
+    """Fine-tuning (the image captioner from the video captioner): every weight copied at the
+    start of a fit, once; the source read the same autoencoder; clear errors otherwise."""
+    from types import SimpleNamespace
+
+    from sora_edu.train.captioning import CaptionModule
+
+    torch.manual_seed(0)
+    kwargs = dict(dim=32, depth=1, heads=4, in_channels=4, patch_size=(1, 2, 2), video_depth=2)
+    trained, net = PrefixLM(len(TOK), "video", **kwargs), PrefixLM(len(TOK), "video", **kwargs)
+    module = CaptionModule(net, init_from="captioner", init_overrides=["--data.init_args.num_train=64"])
+    monkeypatch.setattr(module, "_source", lambda: SimpleNamespace(net=trained))
+    other = SimpleNamespace(hparams={"vae": "vae_t2v", "vae_overrides": []})  # captioner.yaml reads noised latents
+    with pytest.raises(ValueError, match="init_from='captioner' read latents of 'vae_t2v'.*give init_overrides the same"):
+        module.check_source_data(other)
+    monkeypatch.setattr(module, "check_source_data", lambda dm: None)
+    module.setup("fit")
+    z, ids = torch.randn(2, 4, 1, 4, 4), torch.randint(4, len(TOK), (2, 6))  # one frame: an image
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    torch.testing.assert_close(net(z, ids, mask), trained(z, ids, mask))
+    with torch.no_grad():
+        net.head.bias.add_(1.0)
+    module.setup("fit")  # a second setup keeps what was trained since
+    assert not torch.equal(net.head.bias, trained.head.bias)
+    wider = PrefixLM(len(TOK), "video", **{**kwargs, "depth": 2})
+    with pytest.raises(ValueError, match="does not match this one.*first mismatches: \\['blocks.1"):
+        CaptionModule(wider, init_from="captioner").initialise_from(trained)
+    with pytest.raises(ValueError, match="set video_from=null"):
+        CaptionModule(PrefixLM(len(TOK), "video", **kwargs), video_from="clip_t2v", init_from="captioner")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sora_edu.models.navit import NaViT
-from sora_edu.models.vit import ViT
+from sora_edu.models.vit import ViT, attend
 from sora_edu.models.vivit import VARIANTS, FrameViT, ViViT
 
 
@@ -20,6 +20,25 @@ def test_vit_shapes_and_any_resolution():
         vit(torch.randn(2, 3, 16, 16))
     with pytest.raises(ValueError, match="divisible"):
         vit(torch.randn(2, 1, 10, 16))
+
+
+def test_attend_on_cpu_computes_half_precision_in_fp32():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
+    mask = torch.ones(10, 10, dtype=torch.bool).tril()
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attend(q, k, v, mask), exact)
+    half = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", torch.bfloat16):
+        out = attend(*half, mask)
+    assert out.dtype == torch.bfloat16  # the caller's dtype, under autocast or not
+    # fp32 inside: exact attention of the bf16-rounded inputs, then one rounding to bf16
+    rounded = torch.nn.functional.scaled_dot_product_attention(*(t.detach().float() for t in half), attn_mask=mask)
+    torch.testing.assert_close(out.float(), rounded.bfloat16().float(), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in half)
+    double = [t.double() for t in (q, k, v)]  # fp64 is kept, never rounded down
+    assert attend(*double, mask).dtype == torch.float64
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

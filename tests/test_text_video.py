@@ -120,3 +120,26 @@ def test_a_larger_cached_latent_set_serves_a_smaller_one(tmp_path, monkeypatch):
     larger = TextVideoDataModule(num_train=14, **size)
     larger.setup()
     torch.testing.assert_close(larger.train_set.latents[:12], big.train_set.latents, rtol=1e-5, atol=1e-5)
+
+
+def test_oversample_draws_clips_with_the_phrase_that_many_times_as_often():
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.text_video import TextVideoDataModule, _Latents
+
+    captions = ["a small red cross moves left across a black background",   # both words: x 4 x 0.5
+                "a large red cross stays still on a black background",      # "cross" only: x 4
+                "a small blue circle moves up across a navy background",    # neither ("small" alone is not the phrase)
+                "a small green cross stays still on a gray background"] * 50
+    ids, mask = WordTokenizer.for_world().encode(captions, max_len=24)
+    dm = TextVideoDataModule(batch_size=20, oversample={"cross": 4.0, "small cross": 0.5})
+    dm.train_set = _Latents(torch.zeros(len(captions), 1, 1, 1, 1), ids, mask)
+    torch.testing.assert_close(dm.sampling_weights()[:4], torch.tensor([2.0, 4.0, 1.0, 2.0], dtype=torch.float64))
+    drawn = torch.cat([batch[1] for batch in dm.train_dataloader()])
+    assert len(drawn) == len(captions)  # an epoch is still num_train draws
+    circles = (drawn == WordTokenizer.for_world().index["circle"]).any(1).float().mean()
+    assert 0.05 < circles < 0.17  # 1 / 9 of the weight (0.08 in this seeded draw of 200)
+    plain = TextVideoDataModule(batch_size=20)
+    plain.train_set = dm.train_set
+    assert torch.equal(plain.sampling_weights(), torch.ones(len(captions), dtype=torch.float64))
+    with pytest.raises(ValueError, match="oversample factors must be > 0"):
+        TextVideoDataModule(oversample={"cross": 0.0})

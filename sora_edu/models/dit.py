@@ -37,7 +37,7 @@ from einops import rearrange
 from ..diffusion.embedding import TimestepEmbedder
 from ..patches import TubeletEmbed, grid_coords, grid_size, patch_tuple, sincos_coords, unpatchify
 from .text import TextEncoder, text_inputs
-from .vit import Attention, Mlp
+from .vit import Attention, Mlp, attend
 
 CONDITIONINGS = ("in_context", "cross_attn", "adaln", "adaln_zero")
 # Widths, depths and heads: the toy CPU model, then DiT's S / B / L / XL (arXiv 2212.09748, Table 1).
@@ -72,7 +72,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q = self.q_norm(rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads))
         k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
-        out = F.scaled_dot_product_attention(q, self.k_norm(k), v, attn_mask=None if mask is None else mask[:, None, None, :])
+        out = attend(q, self.k_norm(k), v, None if mask is None else mask[:, None, None, :])
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 

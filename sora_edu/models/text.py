@@ -16,6 +16,7 @@ Layouts: ``ids (B, L)`` long, ``mask (B, L)`` bool (True = a real token).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -53,15 +54,10 @@ class WordTokenizer:
 
     @classmethod
     def for_world(cls, samples: int = 2000, seed: int = 0) -> "WordTokenizer":
-        """The vocabulary of the Shapes world's captions and alt-texts (scenes are drawn, not rendered)."""
-        from ..data.worlds import ShapesWorld, alt_text
-
-        world = ShapesWorld(samples, 16, 64, 64, seed=seed)
-        texts = []
-        for i in range(samples):
-            scene, rng = world.scene(i)
-            texts += [scene.caption(), alt_text(scene, rng)]
-        return cls.from_texts(texts)
+        """The vocabulary of the Shapes world's captions and alt-texts (scenes are drawn, not
+        rendered; once per process: drawing them takes ~1.3 s, and every model and data
+        module of the course asks)."""
+        return cls(_world_vocabulary(samples, seed))
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -138,3 +134,15 @@ class TextEncoder(nn.Module):
         weights = mask.to(x.dtype)[..., None]
         pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1)
         return x, pooled
+
+
+@functools.lru_cache(maxsize=None)
+def _world_vocabulary(samples: int, seed: int) -> tuple[str, ...]:
+    from ..data.worlds import ShapesWorld, alt_text
+
+    world = ShapesWorld(samples, 16, 64, 64, seed=seed)
+    texts = []
+    for i in range(samples):
+        scene, rng = world.scene(i)
+        texts += [scene.caption(), alt_text(scene, rng)]
+    return tuple(WordTokenizer.from_texts(texts).vocab)

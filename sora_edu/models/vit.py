@@ -17,6 +17,19 @@ from einops import rearrange
 from ..patches import PatchEmbed, grid_size, sincos_2d
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``scaled_dot_product_attention``; on the CPU its half-precision inputs are computed in
+    fp32, autocast or not: PyTorch's CPU flash-attention backward is ~5x slower in bf16 than
+    in fp32 (31.8 vs 6.0 ms for 64 x 4 heads x 80 tokens; ``benchmarks/attention.py``), and a
+    bf16-mixed step keeps bf16 everywhere else. Output in ``q``'s dtype."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    dtype = q.dtype
+    q, k, v = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (q, k, v))
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention. ``forward`` uses ``scaled_dot_product_attention`` (the
     fused fast path); ``weights=True`` computes the same thing by hand and also returns
@@ -47,7 +60,7 @@ class Attention(nn.Module):
             attn = scores.softmax(dim=-1)
             out = attn @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = attend(q, k, v, mask)
         out = self.proj(rearrange(out, "b h n d -> b n (h d)"))
         return (out, attn) if weights else out
 

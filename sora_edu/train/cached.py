@@ -77,13 +77,19 @@ def _key(cli) -> tuple[dict, str]:
         "precision": trainer.get("precision"),
         "callbacks": [c for c in trainer.get("callbacks") or [] if c.get("class_path") not in WATCHERS] or None,
     }
-    # A model depends on the cached models it starts from: the autoencoder it was trained on,
-    # the model it was fine-tuned from, the CLIP its text encoder started from. Key it by theirs.
-    args = (cfg.get("model") or {}).get("init_args", {})
-    for name, overrides, key in (("vae", "vae_overrides", "vae_key"), ("init_from", "init_overrides", "init_key"),
-                                 ("text_from", "text_overrides", "text_key"), ("repa_from", "repa_overrides", "repa_key")):
-        if args.get(name):
-            weights_depend_on[key] = config_key(args[name], *(args.get(overrides) or []))
+    # A model depends on the cached models it starts from or reads: the autoencoder of its
+    # latents (the model's and the data's), the model it was fine-tuned from, the CLIP its text
+    # encoder or video tower started from, the captioner that wrote its captions. Key it by theirs.
+    model = (cfg.get("model") or {}).get("init_args", {})
+    data = (cfg.get("data") or {}).get("init_args", {})
+    sources = [(model, "vae", "vae_key"), (model, "init_from", "init_key"), (model, "text_from", "text_key"),
+               (model, "repa_from", "repa_key"), (model, "video_from", "video_key"), (data, "vae", "data_vae_key")]
+    if data.get("captions") == "recaptioned":
+        sources.append((data, "captioner", "captioner_key"))
+    for args, name, key in sources:
+        if args.get(name):  # its overrides: vae_overrides, init_overrides, ..., captioner_overrides
+            overrides = args.get(name.removesuffix("_from") + "_overrides") or []
+            weights_depend_on[key] = config_key(args[name], *overrides)
     return weights_depend_on, config_hash(weights_depend_on)
 
 

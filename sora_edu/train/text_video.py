@@ -22,7 +22,7 @@ from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ..data.worlds import BACKGROUNDS, ShapesWorld, WorldConfig
 from ..eval.world_score import adherence
@@ -203,17 +203,24 @@ class TextVideoDataModule(EncodedDataModule):
         captioner, captioner_overrides: the cached captioner config that recaptions.
         max_len: token length of the captions (the grammar's longest one-object caption is ~16).
         seed: world seed of the training set (validation uses ``seed + 10_000``).
+        oversample: ``{"small cross": 3.0}`` draws the training clips whose caption has every
+            word of a key that many times as often (with replacement; keys multiply). What
+            each caption teaches is unchanged, only how often it is taught: unlike a loss
+            weight that depends on the target, it cannot bias the conditional model.
     """
 
     def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
                  num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
                  captions: str = "detailed", max_len: int = 24, seed: int = 0, captioner: str = "captioner",
-                 captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0) -> None:
+                 captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0,
+                 oversample: dict[str, float] | None = None) -> None:
         super().__init__()
         if captions not in ("detailed", "alt_text", "recaptioned"):
             raise ValueError(f"captions must be 'detailed', 'alt_text' or 'recaptioned', got {captions!r}")
         if not 0.0 <= recaption_mix <= 1.0:
             raise ValueError(f"recaption_mix must be in [0, 1], got {recaption_mix}")
+        if any(factor <= 0 for factor in (oversample or {}).values()):
+            raise ValueError(f"oversample factors must be > 0, got {oversample}")
         self.save_hyperparameters()
         self.example_prompts = evaluation_prompts(4, "seen", frames, height, width)[0] + \
             evaluation_prompts(4, "held_out", frames, height, width)[0]
@@ -289,6 +296,27 @@ class TextVideoDataModule(EncodedDataModule):
         self.vae = load_or_train_vae(hp.vae, *(hp.vae_overrides or []), verbose=False).eval()
         self.train_set = self._encode(hp.num_train, hp.seed)
         self.val_set = self._encode(hp.num_val, hp.seed + 10_000)
+
+    def sampling_weights(self) -> torch.Tensor:
+        """``(num_train,)``: how often each training clip is drawn, relative to 1 (``oversample``)."""
+        from ..models.text import WordTokenizer, words
+
+        phrases = [(set(words(phrase)), factor) for phrase, factor in (self.hparams.oversample or {}).items()]
+        weights = torch.ones(len(self.train_set), dtype=torch.float64)
+        for i, caption in enumerate(WordTokenizer.for_world().decode(self.train_set.ids)):
+            said = set(words(caption))
+            for wanted, factor in phrases:
+                if wanted <= said:
+                    weights[i] *= factor
+        return weights
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.hparams.oversample:
+            return super().train_dataloader()
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        weights = self.sampling_weights()
+        sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=g)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, ids, mask = batch
