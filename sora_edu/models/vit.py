@@ -19,9 +19,10 @@ from ..patches import PatchEmbed, grid_size, sincos_2d
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``scaled_dot_product_attention``; on the CPU its half-precision inputs are computed in
-    fp32, autocast or not: PyTorch's CPU flash-attention backward is ~5x slower in bf16 than
-    in fp32 (31.8 vs 6.0 ms for 64 x 4 heads x 80 tokens; ``benchmarks/attention.py``), and a
-    bf16-mixed step keeps bf16 everywhere else. Output in ``q``'s dtype."""
+    fp32, autocast or not: PyTorch's CPU flash-attention backward is 3.6-4.5x slower in bf16
+    than in fp32 (forward + backward 30.0 vs 6.6 ms for 64 x 4 heads x 80 tokens;
+    ``benchmarks/attention.py``), and a bf16-mixed step keeps bf16 everywhere else. Output in
+    ``q``'s dtype."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     dtype = q.dtype
