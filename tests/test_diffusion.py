@@ -285,6 +285,34 @@ def test_sample_logger_keeps_and_writes_samples(tmp_path):
         SampleLogger(every_n_steps=0)
 
 
+def test_input_perturbation_moves_the_input_not_the_target():
+    """Input perturbation (arXiv 2301.11706): the network sees x_t made with noise + perturbation,
+    the target keeps the original noise (eps objective: the target *is* the noise)."""
+    x0, noise, extra = torch.randn(3, 4), torch.randn(3, 4), 0.1 * torch.randn(3, 4)
+    t = torch.tensor([100, 500, 900])
+    d = Diffusion("eps")
+    seen = []
+    model = lambda x, tt, c: seen.append(x) or x  # noqa: E731 -- returns its input, records it
+    loss = d.loss(model, x0, t=t, noise=noise, perturbation=extra)
+    torch.testing.assert_close(seen[-1], d.q_sample(x0, t, noise + extra))
+    torch.testing.assert_close(loss, (seen[-1] - noise).pow(2).mean())
+    assert d.loss(model, x0, t=t, noise=noise, perturbation=torch.zeros(3, 4)) == d.loss(model, x0, t=t, noise=noise)
+    # the module draws gamma * N(0, 1) per element, only when asked, and refuses a negative gamma
+    from sora_edu.train.diffusion import DiffusionModule
+
+    batch = {"x": torch.randn(64, 1, 8, 8), "y": torch.zeros(64, dtype=torch.long)}
+    for gamma in (0.0, 0.5):
+        module = DiffusionModule(UNet(1, (8, 16), num_classes=10), objective="flow_x0", input_perturbation=gamma)
+        passed = {}
+        loss = module.diffusion.loss
+        module.diffusion.loss = lambda *a, **k: passed.update(k) or loss(*a, **k)  # noqa: E731,B023
+        module.training_step(batch, 0)
+        p = passed["perturbation"]
+        assert (p is None) if gamma == 0 else (p.shape == (64, 1, 8, 8) and abs(p.std().item() - gamma) < 0.03)
+    with pytest.raises(ValueError, match="input_perturbation must be >= 0"):
+        DiffusionModule(UNet(1, (8, 16), num_classes=10), input_perturbation=-0.1)
+
+
 def test_snr_clamp_weights_x0_errors_by_clamped_snr():
     """Flow path: SNR = ((1 - t) / t)^2, so t = 0.5 weighs 1, t = 0.1 weighs gamma = 5 and t = 0.9 weighs 1."""
     x0 = torch.randn(3, 4)

@@ -179,15 +179,21 @@ class Diffusion:
 
     def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             where: torch.Tensor | None = None) -> torch.Tensor:
+             where: torch.Tensor | None = None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error between the network's output and the objective's target at a
         random time and noise (or the given ``t`` and ``noise``), over the elements where
-        ``where`` (a bool tensor broadcastable to ``x0``) is True, or all."""
+        ``where`` (a bool tensor broadcastable to ``x0``) is True, or all.
+
+        ``perturbation`` is added to the noise of the *input* only, the target keeps ``noise``
+        (input perturbation, Ning et al., "Input Perturbation Reduces Exposure Bias in
+        Diffusion Models", arXiv 2301.11706): the network is trained on states slightly off
+        the forward process, as its own sampling errors put it."""
         if t is None:
             t = self.sample_t(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device) if generator is not None else torch.randn_like(x0)
-        out = model(self.q_sample(x0, t, noise), self.model_time(t), cond)
+        noised = noise if perturbation is None else noise + perturbation
+        out = model(self.q_sample(x0, t, noised), self.model_time(t), cond)
         if out.shape != x0.shape:
             raise ValueError(f"the model returned {tuple(out.shape)} for inputs of shape {tuple(x0.shape)}")
         if self.loss_weight == "none" and where is None:

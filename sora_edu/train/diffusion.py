@@ -14,6 +14,9 @@ CLIP's frozen video tokens, weighted by ``repa_weight`` (a network with ``featur
 (a fraction of the training steps) keeps a copy of the EMA weights from that point,
 ``weak_net``, in the checkpoint: sampling with ``autoguidance=a`` guides the final network
 away from that weaker self (Karras et al., arXiv 2406.02507), at no extra training cost.
+``input_perturbation = g`` makes each training input with noise ``+ g N(0, 1)`` while the
+target keeps the noise (Ning et al., arXiv 2301.11706): states a little off the forward
+process, as the sampler's own errors make them (measured on ``t2v_unet`` at 0.1: no gain).
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -48,8 +51,10 @@ class DiffusionModule(pl.LightningModule):
                  init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
                  text_overrides: list[str] | None = None, snr_gamma: float = 5.0, self_condition: bool = False,
                  repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
-                 autoguide_at: float | None = None) -> None:
+                 autoguide_at: float | None = None, input_perturbation: float = 0.0) -> None:
         super().__init__()
+        if input_perturbation < 0:
+            raise ValueError(f"input_perturbation must be >= 0, got {input_perturbation}")
         if autoguide_at is not None and not 0.0 < autoguide_at < 1.0:
             raise ValueError(f"autoguide_at is the fraction of training at which the weak model is kept, in (0, 1); "
                              f"got {autoguide_at}")
@@ -305,29 +310,35 @@ class DiffusionModule(pl.LightningModule):
 
             uniforms = self._rank_slice(lambda n: torch.rand(n, 3, device=x.device), len(x))
             mask = random_frame_masks(uniforms.cpu(), x.shape[2], self.hparams.frame_masks).to(x.device)
+        gamma = self.hparams.input_perturbation
+        perturbation = gamma * self._rank_slice(
+            lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x)) if gamma else None
         if self.hparams.repa_from:
-            loss = self._aligned_loss(x, raw, cond, t, noise)
+            loss = self._aligned_loss(x, raw, cond, t, noise, perturbation)
         else:
-            loss = self._loss(x, cond, t, noise, mask)
+            loss = self._loss(x, cond, t, noise, mask, perturbation)
         # Synced only with several devices: the logged loss is then the global batch's.
         self.log("train/loss", loss, prog_bar=True, sync_dist=self._trainer is not None and self.trainer.world_size > 1)
         return loss
 
-    def _loss(self, x, cond, t, noise, mask=None):
+    def _loss(self, x, cond, t, noise, mask=None, perturbation=None):
         """The diffusion loss; with ``frame_masks`` the denoiser also gets the mask (no
-        frame given when ``mask`` is None) and is scored on the generated frames only."""
+        frame given when ``mask`` is None) and is scored on the generated frames only.
+        ``perturbation``: :meth:`Diffusion.loss`'s (``input_perturbation``)."""
         if self.hparams.self_condition:
             use = self._rank_slice(lambda n: torch.rand(n, device=x.device), len(x)) < 0.5
-            return self.diffusion.loss(self._self_conditioned_training(t, use), x, cond, t=t, noise=noise)
+            return self.diffusion.loss(self._self_conditioned_training(t, use), x, cond, t=t, noise=noise,
+                                       perturbation=perturbation)
         if not self.hparams.frame_masks:
-            return self.diffusion.loss(self.net, x, cond, t=t, noise=noise)
+            return self.diffusion.loss(self.net, x, cond, t=t, noise=noise, perturbation=perturbation)
         from ..diffusion.frames import masked_input
 
         mask = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask
         net = lambda x_t, tt, c: self.net(masked_input(x_t, x, mask), tt, c)  # noqa: E731
-        return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None])
+        return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None],
+                                   perturbation=perturbation)
 
-    def _aligned_loss(self, x, raw, cond, t, noise):
+    def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None):
         """The diffusion loss plus REPA's (Yu et al., "Representation Alignment for
         Generation", arXiv 2410.06940): the denoiser's bottleneck features, seen from the
         *noisy* input, projected and pulled (cosine similarity, weight ``repa_weight``)
@@ -342,7 +353,7 @@ class DiffusionModule(pl.LightningModule):
             out, seen["features"] = self.net(x_t, tt, c, features=True)
             return out
 
-        loss = self.diffusion.loss(net, x, cond, t=t, noise=noise)
+        loss = self.diffusion.loss(net, x, cond, t=t, noise=noise, perturbation=perturbation)
         features = seen["features"]
         if features.shape[1] != target.shape[1]:
             raise ValueError(f"repa_from: the denoiser's bottleneck has {features.shape[1]} positions but the CLIP "
