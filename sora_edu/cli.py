@@ -83,8 +83,9 @@ def _text_to_video_model(config: str, checkpoint: str | None, overrides: list[st
 
 def _smoke_clips(config: str, overrides: list[str]) -> list[str]:
     """In smoke mode, the CLIPs a config starts its text encoder from or aligns to
-    (``text_from``, ``repa_from``, as ``t2v_unet`` does) shrink too, on the smoke
-    autoencoder: without this they would train at full size, on a full-size autoencoder."""
+    (``text_from``, ``repa_from``, as ``t2v_unet`` does) and the shape probe it aligns to
+    (``probe_from``) shrink too, on the smoke autoencoder: without this they would train at
+    full size, on a full-size autoencoder."""
     if not smoke():
         return []
     from .train.cached import QUIET, smoke_overrides
@@ -92,7 +93,7 @@ def _smoke_clips(config: str, overrides: list[str]) -> list[str]:
 
     hp = from_config(config, *QUIET, *overrides).model.hparams
     clip = smoke_overrides(10, model_vae=False)
-    return [f"--model.init_args.{k}_overrides={clip}" for k in ("text", "repa") if hp.get(f"{k}_from")]
+    return [f"--model.init_args.{k}_overrides={clip}" for k in ("text", "repa", "probe") if hp.get(f"{k}_from")]
 
 
 def _write_samples(module, prompt: str, n: int, frames: int, height: int, width: int, seed: int, guidance: float,

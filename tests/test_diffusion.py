@@ -626,6 +626,72 @@ def test_repa_aligns_the_bottleneck_to_a_frozen_clip_video_tower(monkeypatch):
         cached_path("t2v_unet", '--model.init_args.repa_overrides=["--trainer.max_steps=10"]')
 
 
+def test_unet_returns_features_by_level():
+    torch.manual_seed(0)
+    net = UNet(4, (8, 16, 32), dims=2, num_classes=3, temporal=True).eval()
+    x, t, y = torch.randn(2, 4, 3, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([0, 1])
+    out, (mid, half, full) = net(x, t, y, features=["mid", 1, 0])
+    torch.testing.assert_close(out, net(x, t, y))
+    torch.testing.assert_close(mid, net(x, t, y, features=True)[1])  # "mid" is the bottleneck
+    assert half.shape == (2, 3 * 8 * 8, 16) and full.shape == (2, 3 * 16 * 16, 8) and mid.shape == (2, 3 * 4 * 4, 32)
+    assert [net.feature_width(level) for level in ("mid", 0, 1, 2)] == [32, 8, 16, 32]
+    for bad in (3, -1, "top", True):
+        with pytest.raises(ValueError, match=r"feature levels are 'mid' or 0 \.\. 2"):
+            net(x, t, y, features=[bad])
+
+
+def test_probe_from_aligns_a_u_net_level_to_a_frozen_shape_probe_beside_repa(monkeypatch):
+    from sora_edu.models.clip import TinyCLIP
+    from sora_edu.models.probe import ShapeProbe
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.cached import cached_path
+    from sora_edu.train.diffusion import DiffusionModule
+
+    tokenizer = WordTokenizer.for_world()
+    torch.manual_seed(0)
+    clip = TinyCLIP(len(tokenizer), in_channels=4, patch_size=(1, 4, 4), video_dim=128, video_depth=1, text_dim=32,
+                    text_depth=1, embed_dim=16)
+    probe = ShapeProbe(in_channels=4, width=48, classes=8)  # probe_t2v's width: 96 features
+    net = UNet(4, (8, 16, 32), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=32, text_depth=1,
+               temporal=True)
+    module = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, repa_from="clip_t2v",
+                             repa_weight=0.2, probe_from="probe_t2v", probe_weight=0.3)
+    monkeypatch.setattr(module, "repa_tower", lambda: clip.video.requires_grad_(False))
+    monkeypatch.setattr(module, "probe_tower", lambda: probe.requires_grad_(False))
+    assert module.probe_proj[0].in_features == 16 and module.probe_proj[-1].out_features == 96  # level 1 -> the probe
+    assert all(not k.startswith("_probe") for k in module.state_dict())  # the probe is not in the checkpoint
+    ids, mask = tokenizer.encode(["a small red cross moves left", "a large blue square stays still"], max_len=10)
+    cond = {"ids": ids, "mask": mask}
+    x = torch.randn(2, 4, 3, 16, 16)  # level 1: 3 x 8 x 8 positions = the probe's tokens
+    t, noise = torch.tensor([0.3, 0.8]), torch.randn(2, 4, 3, 16, 16)
+    plain = module.diffusion.loss(net, x, cond, t=t, noise=noise)
+    total = module._aligned_loss(x, x, cond, t, noise)
+    cos = torch.nn.functional.cosine_similarity
+    with torch.no_grad():
+        _, (mid, half) = net(module.diffusion.q_sample(x, t, noise), module.diffusion.model_time(t), cond,
+                             features=["mid", 1])
+        repa = cos(module.repa_proj(mid), clip.video.tokens(x), dim=-1).mean()
+        aligned = cos(module.probe_proj(half), probe.tokens(x), dim=-1).mean()
+    torch.testing.assert_close(total, plain - 0.2 * repa - 0.3 * aligned)
+    total.backward()
+    assert module.probe_proj[0].weight.grad.abs().sum() > 0 and all(p.grad is None for p in probe.parameters())
+    # the probe alone, without the CLIP, is a REPA target too
+    alone = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, probe_from="probe_t2v")
+    monkeypatch.setattr(alone, "probe_tower", lambda: probe)
+    alone.probe_proj.load_state_dict(module.probe_proj.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(alone._aligned_loss(x, x, cond, t, noise), plain - 0.2 * aligned)
+    with pytest.raises(ValueError, match="level-1 features has 192 positions but the probe gives 48 tokens"):
+        alone._aligned_loss(x, torch.randn(2, 4, 3, 8, 8), cond, t, noise)
+    with pytest.raises(ValueError, match="returns its features by level"):
+        DiffusionModule(_Recorder(), objective="flow_x0", num_classes=None, probe_from="probe_t2v")
+    with pytest.raises(ValueError, match="probe_from: for the plain denoiser"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, probe_from="probe_t2v", self_condition=True)
+    # the cache key follows the probe it aligns to
+    assert cached_path("t2v_unet", "--model.init_args.probe_from=null") != cached_path("t2v_unet") != \
+        cached_path("t2v_unet", '--model.init_args.probe_overrides=["--trainer.max_steps=10"]')
+
+
 def test_autoguide_at_keeps_the_ema_weights_from_that_step_and_samples_with_them():
     import lightning.pytorch as pl
 

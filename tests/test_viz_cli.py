@@ -140,14 +140,17 @@ def test_cli_demo_and_sample_run_end_to_end_in_smoke_mode(tmp_path):
 
 
 def test_smoke_mode_shrinks_the_clips_a_text_to_video_config_starts_from(monkeypatch):
-    """`sora-edu sample --model t2v_unet` in smoke mode must not train its CLIPs at full size."""
+    """`sora-edu sample --model t2v_unet` in smoke mode must not train its CLIPs or probe at full size."""
     from sora_edu.cli import _smoke_clips
     from sora_edu.train.cached import smoke_overrides
 
     monkeypatch.setenv("SORA_EDU_SMOKE", "1")
     clip = smoke_overrides(10, model_vae=False)
     assert _smoke_clips("t2v_unet", smoke_overrides(10)) == [f"--model.init_args.text_overrides={clip}",
-                                                              f"--model.init_args.repa_overrides={clip}"]
+                                                              f"--model.init_args.repa_overrides={clip}",
+                                                              f"--model.init_args.probe_overrides={clip}"]  # + its probe
+    assert _smoke_clips("t2v_unet", ["--model.init_args.probe_from=null"]) == [
+        f"--model.init_args.text_overrides={clip}", f"--model.init_args.repa_overrides={clip}"]
     assert _smoke_clips("t2v_demo", smoke_overrides(10)) == []  # no CLIP to shrink
     monkeypatch.setenv("SORA_EDU_SMOKE", "0")
     assert _smoke_clips("t2v_unet", []) == []

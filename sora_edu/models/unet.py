@@ -24,7 +24,9 @@ only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) p
 ``extra_channels`` are inputs beyond ``x`` (concatenated to it; the output keeps
 ``in_channels``): the previous ``x0`` estimate under self-conditioning. ``forward(...,
 features=True)`` also returns the bottleneck's features, which REPA aligns to a CLIP's video
-tokens (:class:`~sora_edu.train.diffusion.DiffusionModule`'s ``repa_from``).
+tokens (:class:`~sora_edu.train.diffusion.DiffusionModule`'s ``repa_from``);
+``features=("mid", 1)`` returns those and the down path's features at level 1 (half the
+input's resolution), which ``probe_from`` aligns to a shape probe's.
 """
 
 from __future__ import annotations
@@ -155,6 +157,15 @@ class UNet(nn.Module):
         """Width of the bottleneck features ``forward(..., features=True)`` returns."""
         return self.mid.conv2.out_channels
 
+    def feature_width(self, level: int | str) -> int:
+        """Channels of ``forward(..., features=[level])``: ``"mid"`` or a level ``0 .. levels - 1``."""
+        return self.feature_dim if level == "mid" else self.down[self._level(level)][-1].conv2.out_channels
+
+    def _level(self, level) -> int:
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.levels:
+            raise ValueError(f"feature levels are 'mid' or 0 .. {self.levels - 1}, got {level!r}")
+        return level
+
     @property
     def size_multiple(self) -> int:
         """Latent height and width must be multiples of this: every level halves them."""
@@ -163,9 +174,15 @@ class UNet(nn.Module):
     def _scale(self) -> tuple[int, ...]:
         return (2, 2) if self.dims == 2 else (1, 2, 2)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None, features: bool = False):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None, features: bool | Sequence[int | str] = False):
         """``features=True`` also returns the bottleneck's features ``(B, N, C)``, its positions
-        in (frame, row, column) order (what representation alignment reads)."""
+        in (frame, row, column) order (what representation alignment reads); a list of levels
+        (``"mid"``, or ``i``: the last down block at ``1 / 2**i`` of the resolution) returns a
+        list of such features, one per level."""
+        levels = ["mid"] if features is True else list(features or [])
+        for level in levels:
+            if level != "mid":
+                self._level(level)
         layout = "(B, C, H, W) or (B, C, T, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
         channels = self.in_channels + self.extra_channels
         if x.ndim not in {self.dims + 2, 5} or x.shape[1] != channels:
@@ -186,14 +203,17 @@ class UNet(nn.Module):
             x = torch.cat([x, coordinates(x)], dim=1)
         if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch
             frames = x.shape[2]
-            out, mid = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0), frames)
+            out, seen = self._trunk(x.transpose(1, 2).flatten(0, 1), emb.repeat_interleave(frames, dim=0), frames)
             out = out.unflatten(0, (x.shape[0], frames)).transpose(1, 2)
-            mid = mid.unflatten(0, (x.shape[0], frames)).transpose(1, 2)  # (B, C, T, h, w)
+            seen = {k: v.unflatten(0, (x.shape[0], frames)).transpose(1, 2) for k, v in seen.items()}  # (B, C, T, h, w)
         else:
-            out, mid = self._trunk(x, emb)
-        return (out, mid.flatten(2).transpose(1, 2)) if features else out
+            out, seen = self._trunk(x, emb)
+        if not features:
+            return out
+        tokens = [seen[level].flatten(2).transpose(1, 2) for level in levels]
+        return (out, tokens[0]) if features is True else (out, tokens)
 
-    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trunk(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> tuple[torch.Tensor, dict]:
         # time mixing only when there is time to mix: images (T = 1) see the spatial U-Net alone
         mix = iter(self.temporal) if self.temporal is not None and frames > 1 else None
 
@@ -217,4 +237,4 @@ class UNet(nn.Module):
                 h = run(block, h)
             if i > 0:
                 h = F.interpolate(h, scale_factor=self._scale(), mode="nearest")
-        return self.conv_out(F.silu(self.norm_out(h))), mid
+        return self.conv_out(F.silu(self.norm_out(h))), {"mid": mid, **dict(enumerate(skips))}

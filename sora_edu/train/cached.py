@@ -79,11 +79,13 @@ def _key(cli) -> tuple[dict, str]:
     }
     # A model depends on the cached models it starts from or reads: the autoencoder of its
     # latents (the model's and the data's), the model it was fine-tuned from, the CLIP its text
-    # encoder or video tower started from, the captioner that wrote its captions. Key it by theirs.
+    # encoder or video tower started from or is aligned to, the shape probe it is aligned to, the
+    # captioner that wrote its captions. Key it by theirs.
     model = (cfg.get("model") or {}).get("init_args", {})
     data = (cfg.get("data") or {}).get("init_args", {})
     sources = [(model, "vae", "vae_key"), (model, "init_from", "init_key"), (model, "text_from", "text_key"),
-               (model, "repa_from", "repa_key"), (model, "video_from", "video_key"), (data, "vae", "data_vae_key")]
+               (model, "repa_from", "repa_key"), (model, "probe_from", "probe_key"), (model, "video_from", "video_key"),
+               (data, "vae", "data_vae_key")]
     if data.get("captions") == "recaptioned":
         sources.append((data, "captioner", "captioner_key"))
     for args, name, key in sources:

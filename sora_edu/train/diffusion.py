@@ -10,7 +10,10 @@ videos. Weight EMA comes from the :class:`~sora_edu.train.callbacks.EMA` callbac
 with ``extra_channels = in_channels``; notebook 06 measures it as a lever). ``repa_from``
 (a cached CLIP config) adds REPA's alignment of the network's bottleneck features to that
 CLIP's frozen video tokens, weighted by ``repa_weight`` (a network with ``feature_dim`` and
-``forward(..., features=True)``, the U-Net; ``t2v_unet.yaml`` uses it). ``autoguide_at``
+``forward(..., features=True)``, the U-Net; ``t2v_unet.yaml`` uses it). ``probe_from`` (a
+cached :class:`~sora_edu.models.probe.ShapeProbe` config, ``probe_t2v``) adds a second such
+target: the U-Net's down-path features at ``probe_level`` aligned to the probe's features
+of the clean latent at the same resolution, weighted by ``probe_weight``. ``autoguide_at``
 (a fraction of the training steps) keeps a copy of the EMA weights from that point,
 ``weak_net``, in the checkpoint: sampling with ``autoguidance=a`` guides the final network
 away from that weaker self (Karras et al., arXiv 2406.02507), at no extra training cost.
@@ -51,14 +54,16 @@ class DiffusionModule(pl.LightningModule):
                  init_overrides: list[str] | None = None, flow_shift: float = 1.0, text_from: str | None = None,
                  text_overrides: list[str] | None = None, snr_gamma: float = 5.0, self_condition: bool = False,
                  repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
-                 autoguide_at: float | None = None, input_perturbation: float = 0.0) -> None:
+                 autoguide_at: float | None = None, input_perturbation: float = 0.0, probe_from: str | None = None,
+                 probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1) -> None:
         super().__init__()
         if input_perturbation < 0:
             raise ValueError(f"input_perturbation must be >= 0, got {input_perturbation}")
         if autoguide_at is not None and not 0.0 < autoguide_at < 1.0:
             raise ValueError(f"autoguide_at is the fraction of training at which the weak model is kept, in (0, 1); "
                              f"got {autoguide_at}")
-        plain_only = [name for name, on in (("repa_from", repa_from), ("autoguide_at", autoguide_at is not None)) if on]
+        plain_only = [name for name, on in (("repa_from", repa_from), ("probe_from", probe_from),
+                                            ("autoguide_at", autoguide_at is not None)) if on]
         if plain_only and (frame_masks or self_condition):
             raise ValueError(f"{' and '.join(plain_only)}: for the plain denoiser (its features, its weights), "
                              "not with frame_masks or self_condition")
@@ -104,6 +109,17 @@ class DiffusionModule(pl.LightningModule):
             # The target's width, read off the config (nothing is trained or loaded here).
             width = from_config(repa_from, *QUIET, *(repa_overrides or [])).model.net.video.dim
             self.repa_proj = nn.Sequential(nn.Linear(net.feature_dim, 256), nn.SiLU(), nn.Linear(256, width))
+        self.__dict__["_probe"] = None
+        if probe_from:
+            from .cli import from_config
+            from .cached import QUIET
+
+            if not hasattr(net, "feature_width"):
+                raise ValueError(f"probe_from needs a network that returns its features by level ({type(net).__name__} "
+                                 "does not)")
+            width = from_config(probe_from, *QUIET, *(probe_overrides or [])).model.net.dim
+            self.probe_proj = nn.Sequential(nn.Linear(net.feature_width(probe_level), 256), nn.SiLU(),
+                                            nn.Linear(256, width))
         if autoguide_at is not None:
             # Autoguidance's weak model: the same network, frozen, overwritten once in training
             # (`on_train_batch_end`); `weak_step` (0 until then) is saved with it.
@@ -169,6 +185,8 @@ class DiffusionModule(pl.LightningModule):
             self.clip_text_tower()
         if self.hparams.repa_from:
             self.repa_tower()
+        if self.hparams.probe_from:
+            self.probe_tower()
 
     def repa_tower(self) -> nn.Module:
         """The frozen video tower of the cached CLIP named by ``repa_from`` (trained if absent):
@@ -180,6 +198,16 @@ class DiffusionModule(pl.LightningModule):
             clip = load_or_train(self.hparams.repa_from, *(self.hparams.repa_overrides or []), verbose=False)
             self.__dict__["_repa_tower"] = clip.net.video.eval().requires_grad_(False)
         return self._repa_tower.to(self.device)
+
+    def probe_tower(self) -> nn.Module:
+        """The frozen shape probe named by ``probe_from`` (trained if absent), kept outside the
+        module tree like :meth:`repa_tower`."""
+        if self._probe is None:
+            from .cached import load_or_train
+
+            probe = load_or_train(self.hparams.probe_from, *(self.hparams.probe_overrides or []), verbose=False)
+            self.__dict__["_probe"] = probe.net.eval().requires_grad_(False)
+        return self._probe.to(self.device)
 
     def clip_text_tower(self) -> nn.Module:
         """The text tower of the cached CLIP named by ``text_from`` (trained if absent)."""
@@ -313,7 +341,7 @@ class DiffusionModule(pl.LightningModule):
         gamma = self.hparams.input_perturbation
         perturbation = gamma * self._rank_slice(
             lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x)) if gamma else None
-        if self.hparams.repa_from:
+        if self.hparams.repa_from or self.hparams.probe_from:
             loss = self._aligned_loss(x, raw, cond, t, noise, perturbation)
         else:
             loss = self._loss(x, cond, t, noise, mask, perturbation)
@@ -340,27 +368,40 @@ class DiffusionModule(pl.LightningModule):
 
     def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None):
         """The diffusion loss plus REPA's (Yu et al., "Representation Alignment for
-        Generation", arXiv 2410.06940): the denoiser's bottleneck features, seen from the
-        *noisy* input, projected and pulled (cosine similarity, weight ``repa_weight``)
-        towards the frozen CLIP video tower's tokens of the *clean* latent. The CLIP had to
-        tell videos apart by their motion and shape to match captions; the denoiser is
-        taught to see those from the first steps instead of finding them on its own."""
+        Generation", arXiv 2410.06940): the denoiser's features, seen from the *noisy* input,
+        projected and pulled (cosine similarity) towards a frozen encoder's tokens of the
+        *clean* latent. ``repa_from``: the bottleneck towards the CLIP video tower's tokens
+        (weight ``repa_weight``); the CLIP had to tell videos apart by their motion and shape
+        to match captions, and the denoiser is taught to see those from the first steps
+        instead of finding them on its own. ``probe_from``: the features at ``probe_level``
+        towards the shape probe's, which must tell a small cross from a small blob."""
+        hp = self.hparams
+        targets = []  # (option, level, projection, tokens, weight)
         with torch.no_grad():
-            target = self.repa_tower().tokens(raw.float())
+            if hp.repa_from:
+                targets.append(("repa", "mid", self.repa_proj, self.repa_tower().tokens(raw.float()), hp.repa_weight))
+            if hp.probe_from:
+                targets.append(("probe", hp.probe_level, self.probe_proj, self.probe_tower().tokens(raw.float()),
+                                hp.probe_weight))
         seen = {}
 
         def net(x_t, tt, c):
-            out, seen["features"] = self.net(x_t, tt, c, features=True)
+            out, seen["features"] = self.net(x_t, tt, c, features=[level for _, level, *_ in targets])
             return out
 
         loss = self.diffusion.loss(net, x, cond, t=t, noise=noise, perturbation=perturbation)
-        features = seen["features"]
-        if features.shape[1] != target.shape[1]:
-            raise ValueError(f"repa_from: the denoiser's bottleneck has {features.shape[1]} positions but the CLIP "
-                             f"video tower gives {target.shape[1]} tokens: give them the same (frame, row, column) grid")
-        align = -F.cosine_similarity(self.repa_proj(features.float()), target, dim=-1).mean()
-        self.log_dict({"train/diffusion": loss.detach(), "train/repa": align.detach()})
-        return loss + self.hparams.repa_weight * align
+        logs, total = {"train/diffusion": loss.detach()}, loss
+        for (option, level, proj, target, weight), features in zip(targets, seen["features"]):
+            if features.shape[1] != target.shape[1]:
+                where = "bottleneck" if level == "mid" else f"level-{level} features"
+                source = "the CLIP video tower" if option == "repa" else "the probe"
+                raise ValueError(f"{option}_from: the denoiser's {where} has {features.shape[1]} positions but {source} "
+                                 f"gives {target.shape[1]} tokens: give them the same (frame, row, column) grid")
+            align = -F.cosine_similarity(proj(features.float()), target.float(), dim=-1).mean()
+            logs[f"train/{option}"] = align.detach()
+            total = total + weight * align
+        self.log_dict(logs)
+        return total
 
     def _self_conditioned_training(self, t: torch.Tensor, use: torch.Tensor):
         """Self-conditioning (Chen et al., "Analog Bits", arXiv 2208.04202): the denoiser
