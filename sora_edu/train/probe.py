@@ -15,8 +15,11 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import Diffusion
 from ..models.probe import ShapeProbe, shape_size_labels
 from .optim import warmup_cosine
+
+_FLOW = Diffusion("flow")  # only its forward process is used: x_t = (1 - t) x0 + t eps
 
 
 class ProbeModule(pl.LightningModule):
@@ -42,9 +45,9 @@ class ProbeModule(pl.LightningModule):
 
     @staticmethod
     def noised(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The flow path the diffusion models train on: ``(1 - t) x0 + t noise``."""
-        tt = t.to(x0.dtype)[:, None, None, None, None]
-        return (1 - tt) * x0 + tt * noise
+        """The flow path the diffusion models train on, ``(1 - t) x0 + t noise``: their own
+        :meth:`Diffusion.q_sample`, so the probe sees the states the U-Net sees."""
+        return _FLOW.q_sample(x0, t, noise)
 
     def training_step(self, batch, batch_idx):
         x = batch["x"]
