@@ -687,6 +687,21 @@ def test_probe_from_aligns_a_u_net_level_to_a_frozen_shape_probe_beside_repa(mon
         DiffusionModule(_Recorder(), objective="flow_x0", num_classes=None, probe_from="probe_t2v")
     with pytest.raises(ValueError, match="probe_from: for the plain denoiser"):
         DiffusionModule(net, objective="flow_x0", num_classes=None, probe_from="probe_t2v", self_condition=True)
+    # target_memo: the towers' tokens of each clip computed once, rounded to bf16
+    memo = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, probe_from="probe_t2v",
+                           target_memo=8)
+    memo.probe_proj.load_state_dict(module.probe_proj.state_dict())
+    runs = []
+    monkeypatch.setattr(memo, "probe_tower", lambda: runs.append(1) or probe)
+    with torch.no_grad():
+        first, second = (memo._aligned_loss(x, x, cond, t, noise) for _ in range(2))
+        rounded = cos(module.probe_proj(half), probe.tokens(x).bfloat16().float(), dim=-1).mean()
+    assert len(runs) == 1 and len(memo._memo) == 2
+    torch.testing.assert_close(first, plain - 0.2 * rounded)
+    torch.testing.assert_close(second, first)
+    torch.testing.assert_close(first, plain - 0.2 * aligned, atol=2e-3, rtol=0)  # bf16 targets: close to fp32
+    with pytest.raises(ValueError, match="target_memo is a number of clips"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, target_memo=-1)
     # the cache key follows the probe it aligns to
     assert cached_path("t2v_unet", "--model.init_args.probe_from=null") != cached_path("t2v_unet") != \
         cached_path("t2v_unet", '--model.init_args.probe_overrides=["--trainer.max_steps=10"]')

@@ -20,6 +20,8 @@ away from that weaker self (Karras et al., arXiv 2406.02507), at no extra traini
 ``input_perturbation = g`` makes each training input with noise ``+ g N(0, 1)`` while the
 target keeps the noise (Ning et al., arXiv 2301.11706): states a little off the forward
 process, as the sampler's own errors make them (measured on ``t2v_unet`` at 0.1: no gain).
+``target_memo = n`` keeps the frozen towers' targets of up to ``n`` training clips
+(:class:`~sora_edu.train.memo.TargetMemo`, bf16): computed once per clip, not once per step.
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -55,8 +57,11 @@ class DiffusionModule(pl.LightningModule):
                  text_overrides: list[str] | None = None, snr_gamma: float = 5.0, self_condition: bool = False,
                  repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
                  autoguide_at: float | None = None, input_perturbation: float = 0.0, probe_from: str | None = None,
-                 probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1) -> None:
+                 probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1,
+                 target_memo: int = 0) -> None:
         super().__init__()
+        if target_memo < 0:
+            raise ValueError(f"target_memo is a number of clips (0: off), got {target_memo}")
         if input_perturbation < 0:
             raise ValueError(f"input_perturbation must be >= 0, got {input_perturbation}")
         if autoguide_at is not None and not 0.0 < autoguide_at < 1.0:
@@ -110,6 +115,8 @@ class DiffusionModule(pl.LightningModule):
             width = from_config(repa_from, *QUIET, *(repa_overrides or [])).model.net.video.dim
             self.repa_proj = nn.Sequential(nn.Linear(net.feature_dim, 256), nn.SiLU(), nn.Linear(256, width))
         self.__dict__["_probe"] = None
+        # Not state: refilled from the data in each process (and each DDP rank) that trains.
+        self.__dict__["_memo"] = None
         if probe_from:
             from .cli import from_config
             from .cached import QUIET
@@ -376,13 +383,25 @@ class DiffusionModule(pl.LightningModule):
         instead of finding them on its own. ``probe_from``: the features at ``probe_level``
         towards the shape probe's, which must tell a small cross from a small blob."""
         hp = self.hparams
-        targets = []  # (option, level, projection, tokens, weight)
-        with torch.no_grad():
-            if hp.repa_from:
-                targets.append(("repa", "mid", self.repa_proj, self.repa_tower().tokens(raw.float()), hp.repa_weight))
-            if hp.probe_from:
-                targets.append(("probe", hp.probe_level, self.probe_proj, self.probe_tower().tokens(raw.float()),
-                                hp.probe_weight))
+        towers = []  # (option, level, projection, tower, weight)
+        if hp.repa_from:
+            towers.append(("repa", "mid", self.repa_proj, self.repa_tower, hp.repa_weight))
+        if hp.probe_from:
+            towers.append(("probe", hp.probe_level, self.probe_proj, self.probe_tower, hp.probe_weight))
+
+        @torch.no_grad()
+        def tokens(clips):
+            return tuple(tower().tokens(clips.float()) for *_, tower, _ in towers)
+
+        if hp.target_memo:
+            if self._memo is None:
+                from .memo import TargetMemo
+
+                self.__dict__["_memo"] = TargetMemo(hp.target_memo)
+            found = self._memo(raw, tokens)
+        else:
+            found = tokens(raw)
+        targets = [(*tower[:3], target, tower[4]) for tower, target in zip(towers, found)]
         seen = {}
 
         def net(x_t, tt, c):
