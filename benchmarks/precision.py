@@ -18,24 +18,12 @@ in ``SORA_EDU_CACHE`` (minutes); the step itself never needs its trained weights
 
 import argparse
 import contextlib
-import time
 
 import torch
+from attention import timed  # the sibling benchmarks' timers (run as a script, benchmarks/ is on the path)
+from dit import matmul_rate
 
 DEFAULT = ["t2v_unet", "probe_t2v", "clip_t2v", "vae_t2v", "captioner", "upsampler", "t2v_demo"]
-
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
 
 
 def step_seconds(config: str, repeat: int) -> dict[str, float]:
@@ -70,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"{args.threads} threads; 2048^3 matmul: fp32 {matmul_rate(torch.float32):.0f} GFLOP/s, "
-          f"bf16 {matmul_rate(torch.bfloat16):.0f} GFLOP/s")
+    fp32, bf16 = (matmul_rate("cpu", dtype) / 1e9 for dtype in (torch.float32, torch.bfloat16))
+    print(f"{args.threads} threads; 2048^3 matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
     print(f"{'config':>12} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16 / fp32':>12}")
     for config in args.configs:
         s = step_seconds(config, args.repeat)
