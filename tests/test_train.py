@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sora_edu.cli import main as sora_main
+from sora_edu.data.worlds import SHAPES
 from sora_edu.train.callbacks import EMA, History
 from sora_edu.train.cli import config_path, from_config
 from sora_edu.train.data import (ClassifyDataModule, MixedSizeDataModule, WorldVideoDataModule, random_affine,
@@ -65,6 +66,27 @@ def test_world_video_crops_train_batches_only():
     assert dm.on_after_batch_transfer(batch, 0)["x"].shape == (4, 3, 9, 32, 32)
     with pytest.raises(ValueError, match=r"train_crop must be \(t, h, w\) within \(9, 32, 32\)"):
         WorldVideoDataModule(frames=9, height=32, width=32, train_crop=(5, 64, 16))
+
+
+def test_world_video_shape_maps_are_cropped_with_their_video():
+    dm = WorldVideoDataModule(num_train=8, num_val=4, frames=9, height=32, width=32, batch_size=4,
+                              train_crop=(5, 16, 16), shape_maps=True)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+
+    class Stage:
+        training = True
+
+    dm.trainer = Stage()
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out["x"].shape == (4, 3, 5, 16, 16) and out["shape_map"].shape == (4, len(SHAPES), 5, 16, 16)
+    # the same window: find where the video crop sits, and the map crop sits there too
+    windows = batch["video"].unfold(2, 5, 1).unfold(3, 16, 1).unfold(4, 16, 1)
+    match = (windows == out["x"][:, :, None, None, None]).flatten(5).all(-1).all(1).all(0)
+    t0, h0, w0 = (int(i[0]) for i in match.nonzero(as_tuple=True))
+    torch.testing.assert_close(out["shape_map"], batch["shape_map"][:, :, t0:t0 + 5, h0:h0 + 16, w0:w0 + 16])
+    assert "shape_map" not in WorldVideoDataModule(num_train=8, num_val=4, frames=9, height=32, width=32).on_after_batch_transfer(
+        {"video": batch["video"]}, 0)
 
 
 def test_random_affine_keeps_shape_and_identity_at_zero():

@@ -157,3 +157,49 @@ def test_latent_noise_decodes_noised_codes_in_training_only():
         torch.testing.assert_close(plain(video).reconstruction, noisy(video).reconstruction)  # eval: no noise
     with pytest.raises(ValueError, match="latent_noise must be >= 0"):
         VideoAutoencoder(**TINY, latent_noise=-0.1)
+
+
+def test_pool_to_latent_groups_frames_as_the_encoder_does():
+    vae = VideoAutoencoder(stem=(4, 4), channels=(8,), temporal_down=0, z_channels=4)
+    maps = torch.zeros(1, 1, 9, 16, 16)
+    maps[:, :, 0, :4, :4] = 1  # frame 0, the top-left cell: latent frame 0 alone
+    maps[:, :, 1:3, 4:8, :4] = 1  # half of frames 1-4 in the next cell down: half of latent frame 1
+    maps[:, :, 8, :, 12:] = 1  # the last frame, last column: a quarter of latent frame 2
+    cells = vae.pool_to_latent(maps)
+    assert cells.shape == (1, 1) + vae.latent_shape(9, 16, 16)[1:]
+    assert cells[0, 0, 0, 0, 0] == 1 and cells[0, 0, 0].sum() == 1
+    assert cells[0, 0, 1, 1, 0] == 0.5 and cells[0, 0, 1].sum() == 0.5
+    torch.testing.assert_close(cells[0, 0, 2, :, 3], torch.full((4,), 0.25))
+    assert vae.pool_to_latent(torch.ones(2, 3, 16, 16, 16)).shape == (2, 3, 5, 4, 4)  # the end padded
+    with pytest.raises(ValueError, match=r"expected maps \(B, K, T, H, W\)"):
+        vae.pool_to_latent(torch.ones(3, 16, 16, 16))
+
+
+def test_semantic_latents_learn_to_name_the_shape_under_each_cell():
+    """A shape-aware autoencoder: the semantic loss needs shape maps, and 200 seeded steps on
+    small objects make the latent's fixed-length directions name the shape of most object
+    cells (chance among the 5 shapes: 20 %; measured 20 % -> 74 %)."""
+    from sora_edu.data.worlds import ShapesWorld, WorldConfig
+    from sora_edu.train.autoencode import AutoencoderModule
+
+    torch.manual_seed(0)
+    world = ShapesWorld(128, 1, 64, 64, seed=0, config=WorldConfig(max_objects=1, p_occluder=0, p_pan=0),
+                        shape_maps=True, size="small")
+    samples = world.samples(range(128))
+    video, maps = torch.stack([s.video for s in samples]), torch.stack([s.shape_map for s in samples])
+    module = AutoencoderModule(VideoAutoencoder(stem=(4, 4), channels=(32,), temporal_down=0, z_channels=8),
+                               l1_weight=0.0, l2_weight=1.0, semantic_weight=0.1)
+    with pytest.raises(ValueError, match="shape_maps: true"):
+        module._loss({"x": video[:2]})
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    accuracy = []
+    for step in range(200):
+        i = torch.randint(0, 128, (16,))
+        loss, out = module._loss({"x": video[i], "shape_map": maps[i]})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        accuracy.append(float(out.stats["semantic_acc"]))
+    assert sum(accuracy[:10]) / 10 < 0.35 and sum(accuracy[-20:]) / 20 > 0.5, (accuracy[:10], accuracy[-20:])
+    with pytest.raises(ValueError, match="semantic_weight must be >= 0"):
+        AutoencoderModule(VideoAutoencoder(**TINY), semantic_weight=-1)

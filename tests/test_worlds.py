@@ -263,3 +263,27 @@ def test_bad_arguments_name_the_bad_value(make, bad):
 def test_index_out_of_range():
     with pytest.raises(IndexError, match="12"):
         ShapesWorld(5).sample(12)
+
+
+def test_shape_maps_are_the_seen_coverage_of_each_shape():
+    """shape_maps: the video is unchanged; one unoccluded object's map is its coverage (its
+    area), in its own shape's channel; objects in front and the wall take coverage away."""
+    plain = ShapesWorld(24, 9, 32, 32, seed=3, config=WorldConfig(max_objects=3, p_occluder=0.5))
+    mapped = ShapesWorld(24, 9, 32, 32, seed=3, config=WorldConfig(max_objects=3, p_occluder=0.5), shape_maps=True)
+    for a, b in zip(plain.samples(range(24)), mapped.samples(range(24))):
+        assert a.shape_map is None and b.shape_map.shape == (len(SHAPES), 9, 32, 32)
+        torch.testing.assert_close(a.video, b.video)
+        total = b.shape_map.sum(0)
+        assert total.min() >= 0 and total.max() <= 1 + 1e-5
+        drawn = {o.shape for o in b.scene.objects}
+        for k, shape in enumerate(SHAPES):
+            assert (b.shape_map[k].sum() > 0) == (shape in drawn and any(
+                o.visibility.max() > 0 for o in b.scene.objects if o.shape == shape))
+        # what each shape's channel holds is what the truth says is seen of those objects (the
+        # truth divides by the analytic area and clamps at 1; anti-aliased pixels of a 3.5-px
+        # object add up to ~5 % more)
+        for shape in drawn:
+            seen = sum(o.visibility * shape_area(o.shape, o.radius) for o in b.scene.objects if o.shape == shape)
+            np.testing.assert_allclose(b.shape_map[SHAPES.index(shape)].sum((1, 2)).numpy(), seen, rtol=0.08, atol=1.0)
+    item = mapped[0]
+    assert item["shape_map"].shape == (len(SHAPES), 9, 32, 32) and "shape_map" not in plain[0]

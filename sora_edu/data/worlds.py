@@ -450,11 +450,14 @@ def _colour(table: dict, name: str) -> torch.Tensor:
     return torch.tensor(table[name], dtype=torch.float32)
 
 
-def render(scenes: Sequence[Scene]) -> torch.Tensor:
+def render(scenes: Sequence[Scene], shape_maps: bool = False):
     """Render scenes of one size to ``(B, 3, T, H, W)`` in [-1, 1], vectorised over the batch.
 
     Also fills in each object's ``visibility`` (fraction of its area on screen and not
-    covered by a later object or the wall) and ``passes_behind_wall``.
+    covered by a later object or the wall) and ``passes_behind_wall``. ``shape_maps=True``
+    also returns, per pixel, how much of it each shape covers where it is seen
+    ``(B, len(SHAPES), T, H, W)`` in [0, 1] (the rest is background or wall): the
+    ground-truth segmentation a shape-aware autoencoder learns to carry in its latents.
     """
     if len(scenes) == 0:
         raise ValueError("render needs at least one scene")
@@ -519,8 +522,14 @@ def render(scenes: Sequence[Scene]) -> torch.Tensor:
 
     # Visibility: what is left of each object after everything drawn in front of it.
     in_front = torch.ones(B, T, H, W) if wall is None else (1 - wall).expand(B, T, H, W).contiguous()
+    maps = torch.zeros(B, len(SHAPES), T, H, W) if shape_maps else None
     for k in reversed(range(K)):
-        seen = (alphas[k] * in_front).sum(dim=(-1, -2))  # (B, T)
+        visible = alphas[k] * in_front  # (B, T, H, W)
+        seen = visible.sum(dim=(-1, -2))  # (B, T)
+        if maps is not None:
+            for b, s in enumerate(scenes):
+                if len(s.objects) > k:
+                    maps[b, SHAPES.index(s.objects[k].shape)] += visible[b]
         for b, s in enumerate(scenes):
             if len(s.objects) > k:
                 o = s.objects[k]
@@ -531,7 +540,8 @@ def render(scenes: Sequence[Scene]) -> torch.Tensor:
                 )
         if k > 0:
             in_front.mul_(1 - alphas[k])
-    return video.mul_(2).sub_(1)
+    video = video.mul_(2).sub_(1)
+    return (video, maps) if shape_maps else video
 
 
 # --- alt-text ---------------------------------------------------------------------------
@@ -569,6 +579,7 @@ class WorldSample:
     alt_text: str
     scene: Scene
     index: int
+    shape_map: torch.Tensor | None = None  # (len(SHAPES), T, H, W) coverage, when the world renders it
 
 
 class ShapesWorld(Dataset):
@@ -582,6 +593,8 @@ class ShapesWorld(Dataset):
     (indices into this world's config vocabularies) and ``n_objects``.
     ``sample(i)`` returns the full :class:`WorldSample` with per-frame truth, and
     ``samples(indices)`` renders many at once (much faster than one by one).
+    ``shape_maps=True`` adds each sample's per-pixel shape coverage (``shape_map``, see
+    :func:`render`), the labels a shape-aware autoencoder trains with.
     """
 
     def __init__(
@@ -592,6 +605,7 @@ class ShapesWorld(Dataset):
         width: int = 64,
         seed: int = 0,
         config: WorldConfig | None = None,
+        shape_maps: bool = False,
         **fixed,
     ) -> None:
         if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
@@ -599,6 +613,7 @@ class ShapesWorld(Dataset):
         check_video_size(frames, height, width)
         self.size, self.frames, self.height, self.width, self.seed = int(num_samples), frames, height, width, seed
         self.config = config or WorldConfig()
+        self.shape_maps = shape_maps
         self.fixed = fixed
         # Fail now, not in a worker, if the fixed attributes are bad.
         sample_scene(np.random.default_rng(0), self.config, frames, height, width, **fixed)
@@ -618,9 +633,11 @@ class ShapesWorld(Dataset):
         indices = [i for i, _ in seeded]
         drawn = [(self._draw(rng), rng) for _, rng in seeded]
         # Small chunks keep the working set in cache: ~2x faster than one big batch.
-        videos = torch.cat([render([s for s, _ in drawn[j:j + 8]]) for j in range(0, len(drawn), 8)])
+        chunks = [render([s for s, _ in drawn[j:j + 8]], self.shape_maps) for j in range(0, len(drawn), 8)]
+        videos = torch.cat([c[0] for c in chunks] if self.shape_maps else chunks)
+        maps = torch.cat([c[1] for c in chunks]) if self.shape_maps else [None] * len(drawn)
         return [
-            WorldSample(videos[j], scene.caption(), alt_text(scene, rng, self.config.alt_text), scene, int(i))
+            WorldSample(videos[j], scene.caption(), alt_text(scene, rng, self.config.alt_text), scene, int(i), maps[j])
             for j, ((scene, rng), i) in enumerate(zip(drawn, indices))
         ]
 
@@ -640,8 +657,11 @@ class ShapesWorld(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
-        return {"video": s.video, "caption": s.caption, "alt_text": s.alt_text, "index": s.index,
+        item = {"video": s.video, "caption": s.caption, "alt_text": s.alt_text, "index": s.index,
                 "labels": self.labels(s.scene)}
+        if s.shape_map is not None:
+            item["shape_map"] = s.shape_map
+        return item
 
 
 def render_prompt(frames: int = 16, height: int = 64, width: int = 64, seed: int = 0,

@@ -293,6 +293,17 @@ class VideoAutoencoder(nn.Module):
         extra = target - video.shape[2]
         return torch.cat([video, video[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2) if extra else video
 
+    def pool_to_latent(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-pixel maps ``(B, K, T, H, W)`` -> their mean over each latent cell's pixels
+        ``(B, K, T', H/s, W/s)``, with the encoder's own frame grouping (frame 0 alone, then
+        ``time_factor`` frames a latent frame; the end padded with the last frame)."""
+        if maps.ndim != 5:
+            raise ValueError(f"expected maps (B, K, T, H, W), got shape {tuple(maps.shape)}")
+        maps = self._pad_time(maps)
+        tf, sf = self.time_factor, self.space_factor
+        maps = torch.cat([maps[:, :, :1].expand(-1, -1, tf - 1, -1, -1), maps], dim=2)
+        return F.avg_pool3d(maps, (tf, sf, sf))
+
     # --- encode / decode ------------------------------------------------------------------
 
     def encode_moments(self, video: torch.Tensor) -> torch.Tensor:

@@ -195,12 +195,16 @@ class WorldVideoDataModule(pl.LightningDataModule):
     (validation stays whole). A convolutional autoencoder does not care about the size
     it sees, and a 9x32x32 crop costs 1/7 of a 17x64x64 clip, so the same minutes buy
     7x the gradient steps.
+
+    ``shape_maps=True`` adds ``"shape_map": (B, len(SHAPES), T, H, W)``, each shape's
+    per-pixel coverage (cropped with the video), for a shape-aware autoencoder
+    (:class:`~sora_edu.train.autoencode.AutoencoderModule`'s ``semantic_weight``).
     """
 
     def __init__(self, num_train: int = 100_000, num_val: int = 64, frames: int = 17, height: int = 64,
                  width: int = 64, batch_size: int = 16, max_objects: int = 3, p_occluder: float = 0.2,
                  p_pan: float = 0.2, seed: int = 0, num_workers: int = 0,
-                 train_crop: tuple[int, int, int] | None = None) -> None:
+                 train_crop: tuple[int, int, int] | None = None, shape_maps: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         if train_crop is not None:
@@ -211,7 +215,7 @@ class WorldVideoDataModule(pl.LightningDataModule):
     def _world(self, n: int, seed: int) -> ShapesWorld:
         hp = self.hparams
         config = WorldConfig(max_objects=hp.max_objects, p_occluder=hp.p_occluder, p_pan=hp.p_pan)
-        return ShapesWorld(n, hp.frames, hp.height, hp.width, seed=seed, config=config)
+        return ShapesWorld(n, hp.frames, hp.height, hp.width, seed=seed, config=config, shape_maps=hp.shape_maps)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._world(self.hparams.num_train, self.hparams.seed)
@@ -226,11 +230,14 @@ class WorldVideoDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        video = batch["video"]
+        out = {"x": batch["video"]}
+        if "shape_map" in batch:
+            out["shape_map"] = batch["shape_map"]
         crop = self.hparams.train_crop
         if crop is not None and self.trainer is not None and self.trainer.training:
-            # One random spacetime window per batch.
-            starts = [int(torch.randint(0, s - c + 1, (), generator=self._crop_rng)) for c, s in zip(crop, video.shape[2:])]
+            # One random spacetime window per batch, the same for the video and its shape map.
+            starts = [int(torch.randint(0, s - c + 1, (), generator=self._crop_rng))
+                      for c, s in zip(crop, out["x"].shape[2:])]
             (t0, h0, w0), (t, h, w) = starts, crop
-            video = video[:, :, t0:t0 + t, h0:h0 + h, w0:w0 + w]
-        return {"x": video}
+            out = {k: v[:, :, t0:t0 + t, h0:h0 + h, w0:w0 + w] for k, v in out.items()}
+        return out
