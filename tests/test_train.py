@@ -5,6 +5,7 @@ Learning claims run at tiny sizes with seeded thresholds (measured: see each tes
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,9 +158,16 @@ def test_cli_print_config_shows_the_full_config(capsys):
         assert key in out
 
 
-def test_cli_fit_runs_from_the_command_line(tmp_path, monkeypatch):
-    """The README's `sora-edu fit --config ...`, as a real process, a few steps."""
-    cmd = [sys.executable, "-m", "sora_edu.cli", "fit", "--config", "vit_digits.yaml", "--trainer.max_epochs=1",
+@pytest.mark.parametrize("own", [False, True], ids=["packaged", "own-file"])
+def test_cli_fit_runs_from_the_command_line(tmp_path, monkeypatch, own):
+    """The README's `sora-edu fit --config ...`, as a real process, a few steps: a packaged
+    config by name, and a copy of it in a file of your own (cached under the file's name; a
+    fit of one used to crash at the very end, looking the name up among the packaged configs)."""
+    config = "vit_digits.yaml"
+    if own:
+        config = "my_digits.yaml"
+        (tmp_path / config).write_text(config_path("vit_digits").read_text())  # logs still go to vit_digits/
+    cmd = [sys.executable, "-m", "sora_edu.cli", "fit", "--config", config, "--trainer.max_epochs=1",
            "--data.init_args.num_train=128",
            "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}",
            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
@@ -176,7 +184,9 @@ def test_cli_fit_runs_from_the_command_line(tmp_path, monkeypatch):
     from sora_edu.train.cached import cached_path
 
     monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path / "cache"))
-    path = cached_path("vit_digits", "--trainer.max_epochs=1", "--data.init_args.num_train=128")
+    path = cached_path(str(tmp_path / config) if own else "vit_digits", "--trainer.max_epochs=1",
+                       "--data.init_args.num_train=128")
+    assert path.parent.name == Path(config).stem
     record = json.loads((path / "config.json").read_text())
     assert (path / "model.safetensors").exists() and record["history"] and record["train_seconds"] > 0
 

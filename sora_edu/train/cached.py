@@ -198,7 +198,8 @@ def save_fitted(cli, path: Path | None = None, seconds: float | None = None) -> 
     resolved, key = _key(cli)
     if path is None:
         name = (cli.config.get("fit") or cli.config).get("config")
-        path = _path(Path(str(name[0] if isinstance(name, list) else name)).stem, key)
+        # the file itself, not its stem: a config of your own is found by its path, not by name
+        path = _path(str(name[0] if isinstance(name, list) else name), key)
     history = next((c for c in cli.trainer.callbacks if isinstance(c, History)), None)
     extra = {"train_seconds": seconds}
     if hasattr(cli.model, "compute_scale_factor"):
