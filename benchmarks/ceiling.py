@@ -2,7 +2,7 @@
 video's shape right after the autoencoder, per (size, shape) and still vs moving, and after
 noise of a given size is added to the scaled latent (a denoiser's error, roughly).
 
-    python benchmarks/ceiling.py [--vae vae_t2v] [--n 32] [-- --model.init_args.net.init_args.latent_noise=0.3 ...]
+    python benchmarks/ceiling.py [--vae vae_t2v] [--n 32] [--sizes small] [--shapes cross] [-- --model.init_args.net.init_args.latent_noise=0.3 ...]
 
 A generator on these latents cannot do better than the autoencoder's reconstructions, and an
 average over all videos hides a small group at its ceiling (the small cross: 14 px across,
@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--vae", default="vae_t2v")
     parser.add_argument("--n", type=int, default=32, help="videos per group")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    parser.add_argument("--sizes", nargs="+", default=["small", "large"])
+    parser.add_argument("--shapes", nargs="+", default=list(T2V_WORLD.shapes))
     parser.add_argument("overrides", nargs="*", help="the autoencoder config's overrides (after --)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -46,8 +48,8 @@ def main() -> None:
     print(f"{args.vae} {' '.join(args.overrides)}: latent {tuple(vae.latent_shape(16, 64, 64))} for 16x64x64")
     print(f"{'group':24s} " + " ".join(f"sigma {s:<4}" for s in args.sigmas))
     start = time.perf_counter()
-    for size in ("small", "large"):
-        for shape in T2V_WORLD.shapes:
+    for size in args.sizes:
+        for shape in args.shapes:
             for group, motions in (("still", ("still",)), ("moving", ("left", "right", "up", "down"))):
                 per = max(1, args.n // len(motions))
                 samples = [s for motion in motions
