@@ -526,13 +526,11 @@ def render(scenes: Sequence[Scene], shape_maps: bool = False):
     for k in reversed(range(K)):
         visible = alphas[k] * in_front  # (B, T, H, W)
         seen = visible.sum(dim=(-1, -2))  # (B, T)
-        if maps is not None:
-            for b, s in enumerate(scenes):
-                if len(s.objects) > k:
-                    maps[b, SHAPES.index(s.objects[k].shape)] += visible[b]
         for b, s in enumerate(scenes):
             if len(s.objects) > k:
                 o = s.objects[k]
+                if maps is not None:
+                    maps[b, SHAPES.index(o.shape)] += visible[b]
                 o.visibility = (seen[b] / shape_area(o.shape, o.radius)).clamp(0, 1).numpy().astype(np.float64)
                 # "passes behind" means the wall, not another object, takes it from seen to hidden.
                 o.passes_behind_wall = bool(
@@ -634,8 +632,10 @@ class ShapesWorld(Dataset):
         drawn = [(self._draw(rng), rng) for _, rng in seeded]
         # Small chunks keep the working set in cache: ~2x faster than one big batch.
         chunks = [render([s for s, _ in drawn[j:j + 8]], self.shape_maps) for j in range(0, len(drawn), 8)]
-        videos = torch.cat([c[0] for c in chunks] if self.shape_maps else chunks)
-        maps = torch.cat([c[1] for c in chunks]) if self.shape_maps else [None] * len(drawn)
+        if self.shape_maps:
+            videos, maps = (torch.cat(parts) for parts in zip(*chunks))
+        else:
+            videos, maps = torch.cat(chunks), [None] * len(drawn)
         return [
             WorldSample(videos[j], scene.caption(), alt_text(scene, rng, self.config.alt_text), scene, int(i), maps[j])
             for j, ((scene, rng), i) in enumerate(zip(drawn, indices))

@@ -299,10 +299,9 @@ class VideoAutoencoder(nn.Module):
         ``time_factor`` frames a latent frame; the end padded with the last frame)."""
         if maps.ndim != 5:
             raise ValueError(f"expected maps (B, K, T, H, W), got shape {tuple(maps.shape)}")
-        maps = self._pad_time(maps)
-        tf, sf = self.time_factor, self.space_factor
-        maps = torch.cat([maps[:, :, :1].expand(-1, -1, tf - 1, -1, -1), maps], dim=2)
-        return F.avg_pool3d(maps, (tf, sf, sf))
+        # the stem's own causal folding, at the whole compression: each cell's pixels in one row
+        cells = CausalPatchify(self.time_factor, self.space_factor)(self._pad_time(maps))
+        return cells.unflatten(1, (maps.shape[1], -1)).mean(2)
 
     # --- encode / decode ------------------------------------------------------------------
 
