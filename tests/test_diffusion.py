@@ -634,10 +634,57 @@ def test_unet_returns_features_by_level():
     torch.testing.assert_close(out, net(x, t, y))
     torch.testing.assert_close(mid, net(x, t, y, features=True)[1])  # "mid" is the bottleneck
     assert half.shape == (2, 3 * 8 * 8, 16) and full.shape == (2, 3 * 16 * 16, 8) and mid.shape == (2, 3 * 4 * 4, 32)
-    assert [net.feature_width(level) for level in ("mid", 0, 1, 2)] == [32, 8, 16, 32]
+    assert [net.feature_width(level) for level in ("mid", 0, 1, 2, "last")] == [32, 8, 16, 32, 8]
+    # "last": the up path's full-resolution features, what the output head reads
+    seen = {}
+    net.conv_out.register_forward_hook(lambda m, inputs, out: seen.update(h=inputs[0]))
+    _, (last,) = net(x, t, y, features=["last"])
+    head_input = net.norm_out(last.transpose(1, 2).reshape(2, 8, 3, 16, 16).transpose(1, 2).flatten(0, 1))
+    torch.testing.assert_close(torch.nn.functional.silu(head_input), seen["h"])
     for bad in (3, -1, "top", True):
-        with pytest.raises(ValueError, match=r"feature levels are 'mid' or 0 \.\. 2"):
+        with pytest.raises(ValueError, match=r"feature levels are 'mid', 'last' or 0 \.\. 2"):
             net(x, t, y, features=[bad])
+
+
+def test_segment_weight_names_the_shape_under_each_latent_cell_from_the_noisy_input():
+    from sora_edu.data.worlds import SHAPES
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.diffusion import DiffusionModule
+    from sora_edu.train.segmentation import balanced_soft_ce, cell_classes
+
+    tokenizer = WordTokenizer.for_world()
+    torch.manual_seed(0)
+    net = UNet(4, (8, 16), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=16, text_depth=1, temporal=True)
+    module = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, segment_weight=0.5)
+    assert module.segment_head.in_features == 8 and module.segment_head.out_features == 1 + len(SHAPES)
+    ids, mask = tokenizer.encode(["a small red cross moves left", "a large blue square stays still"], max_len=10)
+    cond = {"ids": ids, "mask": mask}
+    x, noise, t = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 4, 3, 8, 8), torch.tensor([0.3, 0.8])
+    maps = torch.zeros(2, len(SHAPES), 3, 8, 8)
+    maps[0, SHAPES.index("cross"), :, 2:4, 2:4] = 0.75  # partly covered cells
+    maps[1, SHAPES.index("square"), :, 4:8, 1:5] = 1.0
+    total = module._aligned_loss(x, x, cond, t, noise, shape_map=maps)
+    plain = module.diffusion.loss(net, x, cond, t=t, noise=noise)
+    with torch.no_grad():
+        _, (last,) = net(module.diffusion.q_sample(x, t, noise), module.diffusion.model_time(t), cond, features=["last"])
+        classes = cell_classes(maps).flatten(2).transpose(1, 2)
+        ce = balanced_soft_ce(module.segment_head(last), classes, dim=-1)
+    torch.testing.assert_close(total, plain + 0.5 * ce)
+    total.backward()
+    assert module.segment_head.weight.grad.abs().sum() > 0 and net.conv_in.weight.grad.abs().sum() > 0
+    # the training step reads the batch's maps; without them it says where they come from
+    batch = {"x": x, "ids": ids, "mask": mask}
+    with pytest.raises(ValueError, match="shape_maps: true"):
+        module.training_step(batch, 0)
+    assert torch.isfinite(module.training_step({**batch, "shape_map": maps}, 0))
+    with pytest.raises(ValueError, match="have 192 positions but the shape map has 48 latent cells"):
+        module._aligned_loss(x, x, cond, t, noise, shape_map=maps[..., :4, :4])
+    with pytest.raises(ValueError, match="segment_weight must be >= 0"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, segment_weight=-1)
+    with pytest.raises(ValueError, match="returns its features by level"):
+        DiffusionModule(_Recorder(), objective="flow_x0", num_classes=None, segment_weight=0.1)
+    with pytest.raises(ValueError, match="segment_weight: for the plain denoiser"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, segment_weight=0.1, self_condition=True)
 
 
 def test_probe_from_aligns_a_u_net_level_to_a_frozen_shape_probe_beside_repa(monkeypatch):

@@ -122,6 +122,39 @@ def test_a_larger_cached_latent_set_serves_a_smaller_one(tmp_path, monkeypatch):
     torch.testing.assert_close(larger.train_set.latents[:12], big.train_set.latents, rtol=1e-5, atol=1e-5)
 
 
+def test_shape_maps_are_the_rendered_coverage_pooled_to_the_latent_grid_and_cached(tmp_path, monkeypatch):
+    from test_cache import TINY_VAE
+
+    from sora_edu.data.worlds import SHAPES, ShapesWorld
+    from sora_edu.train.text_video import T2V_WORLD, _ENDLESS, TextVideoDataModule, scene_indices
+
+    monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))
+    size = dict(vae="vae_kl", vae_overrides=TINY_VAE, num_val=4, frames=5, height=16, width=16, batch_size=4)
+    dm = TextVideoDataModule(num_train=6, shape_maps=True, **size)
+    dm.setup()
+    maps = dm.train_set.shape_maps
+    assert maps.shape == (6, len(SHAPES), *dm.vae.latent_shape(5, 16, 16)[1:]) and maps.dtype == torch.bfloat16
+    world = ShapesWorld(_ENDLESS, 5, 16, 16, 0, T2V_WORLD, shape_maps=True)
+    samples = world.samples(scene_indices(world, 6, held_out=False))
+    pooled = dm.vae.pool_to_latent(torch.stack([s.shape_map for s in samples]))
+    torch.testing.assert_close(maps.float(), pooled, atol=4e-3, rtol=0)  # bf16
+    # every clip shows its caption's shape, and nothing else
+    for clip, sample in zip(maps, samples):
+        shape = next(s for s in SHAPES if f" {s} " in sample.caption)
+        assert clip[SHAPES.index(shape)].sum() > 0 and clip.sum() == clip[SHAPES.index(shape)].sum()
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["shape_map"].shape == (4, *maps.shape[1:]) and batch["x"].shape[0] == 4
+    # cached beside the latents: a second data module reads them instead of rendering
+    monkeypatch.setattr(ShapesWorld, "samples", lambda *a, **k: pytest.fail("rendered again"))
+    again = TextVideoDataModule(num_train=6, shape_maps=True, **size)
+    again.setup()
+    assert torch.equal(again.train_set.shape_maps, maps)
+    plain = TextVideoDataModule(num_train=6, **size)
+    plain.setup()
+    assert plain.train_set.shape_maps is None and "shape_map" not in plain.on_after_batch_transfer(
+        next(iter(plain.train_dataloader())), 0)
+
+
 def test_oversample_draws_clips_with_the_phrase_that_many_times_as_often():
     from sora_edu.models.text import WordTokenizer
     from sora_edu.train.text_video import TextVideoDataModule, _Latents

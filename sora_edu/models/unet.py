@@ -26,7 +26,9 @@ only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) p
 features=True)`` also returns the bottleneck's features, which REPA aligns to a CLIP's video
 tokens (:class:`~sora_edu.train.diffusion.DiffusionModule`'s ``repa_from``);
 ``features=("mid", 1)`` returns those and the down path's features at level 1 (half the
-input's resolution), which ``probe_from`` aligns to a shape probe's.
+input's resolution), which ``probe_from`` aligns to a shape probe's; ``"last"`` is the up
+path's full-resolution features, the ones the output convolution reads, which
+``segment_weight`` asks to name the shape under every latent cell.
 """
 
 from __future__ import annotations
@@ -158,12 +160,16 @@ class UNet(nn.Module):
         return self.mid.conv2.out_channels
 
     def feature_width(self, level: int | str) -> int:
-        """Channels of ``forward(..., features=[level])``: ``"mid"`` or a level ``0 .. levels - 1``."""
-        return self.feature_dim if level == "mid" else self.down[self._level(level)][-1].conv2.out_channels
+        """Channels of ``forward(..., features=[level])``: ``"mid"``, ``"last"`` or a level ``0 .. levels - 1``."""
+        if level == "mid":
+            return self.feature_dim
+        if level == "last":
+            return self.up[-1][-1].conv2.out_channels
+        return self.down[self._level(level)][-1].conv2.out_channels
 
     def _level(self, level) -> int:
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.levels:
-            raise ValueError(f"feature levels are 'mid' or 0 .. {self.levels - 1}, got {level!r}")
+            raise ValueError(f"feature levels are 'mid', 'last' or 0 .. {self.levels - 1}, got {level!r}")
         return level
 
     @property
@@ -177,11 +183,12 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None, features: bool | Sequence[int | str] = False):
         """``features=True`` also returns the bottleneck's features ``(B, N, C)``, its positions
         in (frame, row, column) order (what representation alignment reads); a list of levels
-        (``"mid"``, or ``i``: the last down block at ``1 / 2**i`` of the resolution) returns a
-        list of such features, one per level."""
+        (``"mid"``; ``i``: the last down block at ``1 / 2**i`` of the resolution; ``"last"``:
+        the up path's full-resolution features, before the output head) returns a list of
+        such features, one per level."""
         levels = ["mid"] if features is True else list(features or [])
         for level in levels:
-            if level != "mid":
+            if level not in ("mid", "last"):
                 self._level(level)
         layout = "(B, C, H, W) or (B, C, T, H, W)" if self.dims == 2 else "(B, C, T, H, W)"
         channels = self.in_channels + self.extra_channels
@@ -237,4 +244,4 @@ class UNet(nn.Module):
                 h = run(block, h)
             if i > 0:
                 h = F.interpolate(h, scale_factor=self._scale(), mode="nearest")
-        return self.conv_out(F.silu(self.norm_out(h))), {"mid": mid, **dict(enumerate(skips))}
+        return self.conv_out(F.silu(self.norm_out(h))), {"mid": mid, **dict(enumerate(skips)), "last": h}

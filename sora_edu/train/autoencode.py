@@ -35,6 +35,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from ..data.worlds import SHAPES
 from ..models.vae import VideoAutoencoder
 from .optim import warmup_cosine
+from .segmentation import balanced_soft_ce, cell_classes
 
 
 def _frames(video: torch.Tensor) -> torch.Tensor:
@@ -89,8 +90,7 @@ class AutoencoderModule(pl.LightningModule):
     def semantic_targets(self, shape_map: torch.Tensor) -> torch.Tensor:
         """``shape_map (B, len(SHAPES), T, H, W)`` -> each latent cell's class fractions
         ``(B, 1 + len(SHAPES), T', H', W')``, background first."""
-        cells = self.net.pool_to_latent(shape_map)
-        return torch.cat([(1 - cells.sum(1, keepdim=True)).clamp_min(0), cells], dim=1)
+        return cell_classes(self.net.pool_to_latent(shape_map))
 
     def _loss(self, batch: dict):
         x = batch["x"]
@@ -102,10 +102,7 @@ class AutoencoderModule(pl.LightningModule):
                 raise ValueError("semantic_weight needs per-pixel shape maps in the batch: "
                                  "set data.init_args.shape_maps: true (WorldVideoDataModule)")
             logits, target = self.semantic_logits(out.latents), self.semantic_targets(batch["shape_map"])
-            ce = -(target * F.log_softmax(logits, dim=1)).sum(1)
-            # objects cover a few percent of the cells: their mean counts as much as the background's
-            touched = target[:, 0] < 1
-            out.stats["semantic"] = ce[touched].mean() + ce[~touched].mean() if touched.any() else ce.mean()
+            out.stats["semantic"] = balanced_soft_ce(logits, target)
             objects = target[:, 1:].max(1).values >= 0.5  # cells mostly covered by one shape
             right = logits[:, 1:].argmax(1) == target[:, 1:].argmax(1)
             out.stats["semantic_acc"] = (right[objects].float().mean() if objects.any() else torch.tensor(float("nan"))).detach()

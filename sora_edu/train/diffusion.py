@@ -22,6 +22,12 @@ target keeps the noise (Ning et al., arXiv 2301.11706): states a little off the 
 process, as the sampler's own errors make them (measured on ``t2v_unet`` at 0.1: no gain).
 ``target_memo = n`` keeps the frozen towers' targets of up to ``n`` training clips
 (:class:`~sora_edu.train.memo.TargetMemo`, bf16): computed once per clip, not once per step.
+``segment_weight > 0`` adds a linear head on the network's full-resolution features (the
+U-Net's ``"last"``) that must name, for every latent cell of the *clean* clip, its share of
+background and of each shape (the renderer's segmentation, pooled to the latent grid:
+batches carry ``"shape_map"``, :class:`~sora_edu.train.text_video.TextVideoDataModule` with
+``shape_maps=True``), read from the noisy input: REPA's idea with the world's ground truth as
+the teacher, at the resolution where a small cross's corners are drawn.
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -58,8 +64,10 @@ class DiffusionModule(pl.LightningModule):
                  repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
                  autoguide_at: float | None = None, input_perturbation: float = 0.0, probe_from: str | None = None,
                  probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1,
-                 target_memo: int = 0) -> None:
+                 target_memo: int = 0, segment_weight: float = 0.0) -> None:
         super().__init__()
+        if segment_weight < 0:
+            raise ValueError(f"segment_weight must be >= 0, got {segment_weight}")
         if target_memo < 0:
             raise ValueError(f"target_memo is a number of clips (0: off), got {target_memo}")
         if input_perturbation < 0:
@@ -68,6 +76,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"autoguide_at is the fraction of training at which the weak model is kept, in (0, 1); "
                              f"got {autoguide_at}")
         plain_only = [name for name, on in (("repa_from", repa_from), ("probe_from", probe_from),
+                                            ("segment_weight", segment_weight > 0),
                                             ("autoguide_at", autoguide_at is not None)) if on]
         if plain_only and (frame_masks or self_condition):
             raise ValueError(f"{' and '.join(plain_only)}: for the plain denoiser (its features, its weights), "
@@ -127,6 +136,13 @@ class DiffusionModule(pl.LightningModule):
             width = from_config(probe_from, *QUIET, *(probe_overrides or [])).model.net.dim
             self.probe_proj = nn.Sequential(nn.Linear(net.feature_width(probe_level), 256), nn.SiLU(),
                                             nn.Linear(256, width))
+        if segment_weight > 0:
+            from ..data.worlds import SHAPES
+
+            if not hasattr(net, "feature_width"):
+                raise ValueError(f"segment_weight needs a network that returns its features by level "
+                                 f"({type(net).__name__} does not)")
+            self.segment_head = nn.Linear(net.feature_width("last"), 1 + len(SHAPES))  # background, then SHAPES
         if autoguide_at is not None:
             # Autoguidance's weak model: the same network, frozen, overwritten once in training
             # (`on_train_batch_end`); `weak_step` (0 until then) is saved with it.
@@ -348,8 +364,8 @@ class DiffusionModule(pl.LightningModule):
         gamma = self.hparams.input_perturbation
         perturbation = gamma * self._rank_slice(
             lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x)) if gamma else None
-        if self.hparams.repa_from or self.hparams.probe_from:
-            loss = self._aligned_loss(x, raw, cond, t, noise, perturbation)
+        if self.hparams.repa_from or self.hparams.probe_from or self.hparams.segment_weight:
+            loss = self._aligned_loss(x, raw, cond, t, noise, perturbation, batch.get("shape_map"))
         else:
             loss = self._loss(x, cond, t, noise, mask, perturbation)
         # Synced only with several devices: the logged loss is then the global batch's.
@@ -373,7 +389,7 @@ class DiffusionModule(pl.LightningModule):
         return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None],
                                    perturbation=perturbation)
 
-    def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None):
+    def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None, shape_map=None):
         """The diffusion loss plus REPA's (Yu et al., "Representation Alignment for
         Generation", arXiv 2410.06940): the denoiser's features, seen from the *noisy* input,
         projected and pulled (cosine similarity) towards a frozen encoder's tokens of the
@@ -381,8 +397,13 @@ class DiffusionModule(pl.LightningModule):
         (weight ``repa_weight``); the CLIP had to tell videos apart by their motion and shape
         to match captions, and the denoiser is taught to see those from the first steps
         instead of finding them on its own. ``probe_from``: the features at ``probe_level``
-        towards the shape probe's, which must tell a small cross from a small blob."""
+        towards the shape probe's, which must tell a small cross from a small blob.
+        ``segment_weight``: the full-resolution features, through ``segment_head``, name each
+        latent cell's classes in ``shape_map (B, S, T', H', W')`` (balanced soft cross-entropy)."""
         hp = self.hparams
+        if hp.segment_weight and shape_map is None:
+            raise ValueError("segment_weight needs each clip's shape map in the batch ('shape_map'): "
+                             "set data.init_args.shape_maps: true (TextVideoDataModule)")
         towers = []  # (option, level, projection, tower, weight)
         if hp.repa_from:
             towers.append(("repa", "mid", self.repa_proj, self.repa_tower, hp.repa_weight))
@@ -393,7 +414,7 @@ class DiffusionModule(pl.LightningModule):
         def tokens(clips):
             return tuple(tower().tokens(clips.float()) for *_, tower, _ in towers)
 
-        if hp.target_memo:
+        if hp.target_memo and towers:
             if self._memo is None:
                 from .memo import TargetMemo
 
@@ -404,12 +425,26 @@ class DiffusionModule(pl.LightningModule):
         targets = [(*tower[:3], target, tower[4]) for tower, target in zip(towers, found)]
         seen = {}
 
+        levels = [level for _, level, *_ in targets] + (["last"] if hp.segment_weight else [])
+
         def net(x_t, tt, c):
-            out, seen["features"] = self.net(x_t, tt, c, features=[level for _, level, *_ in targets])
+            out, seen["features"] = self.net(x_t, tt, c, features=levels)
             return out
 
         loss = self.diffusion.loss(net, x, cond, t=t, noise=noise, perturbation=perturbation)
         logs, total = {"train/diffusion": loss.detach()}, loss
+        if hp.segment_weight:
+            from .segmentation import balanced_soft_ce, cell_classes
+
+            classes = cell_classes(shape_map.float()).flatten(2).transpose(1, 2)  # (B, N, 1 + S), like the features
+            features = seen["features"].pop()
+            if features.shape[1] != classes.shape[1]:
+                raise ValueError(f"segment_weight: the network's full-resolution features have {features.shape[1]} "
+                                 f"positions but the shape map has {classes.shape[1]} latent cells: pool the maps "
+                                 "to the latent grid (TextVideoDataModule(shape_maps=True) does)")
+            segment = balanced_soft_ce(self.segment_head(features.float()), classes, dim=-1)
+            logs["train/segment"] = segment.detach()
+            total = total + hp.segment_weight * segment
         for (option, level, proj, target, weight), features in zip(targets, seen["features"]):
             if features.shape[1] != target.shape[1]:
                 where = "bottleneck" if level == "mid" else f"level-{level} features"

@@ -2,8 +2,8 @@
 
 REPA-style targets (``DiffusionModule(repa_from=, probe_from=)``) are a frozen network's
 tokens of the *clean* latent: the same clip always gives the same tokens. On cached latents
-(:class:`~sora_edu.train.text_video.TextVideoDataModule`) every clip comes back ~14 times in
-``t2v_unet.yaml``'s 3600 steps, and the two towers cost ~90 of a ~320 ms step on 2 CPU cores,
+(:class:`~sora_edu.train.text_video.TextVideoDataModule`) every clip comes back ~10 times in
+``t2v_unet.yaml``'s 2400 steps, and the two towers cost ~90 of a ~320 ms step on 2 CPU cores,
 so the memo pays for itself after the first epoch. REPA's authors precompute their DINOv2
 features offline for the same reason (arXiv 2410.06940); here the memo fills itself as
 batches come, so any data module works and nothing is written to disk.

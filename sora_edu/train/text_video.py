@@ -174,14 +174,16 @@ def clip_adherence(clip, latents: torch.Tensor, wanted: Sequence[dict], batch_si
 
 
 class _Latents(Dataset):
-    def __init__(self, latents: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.latents, self.ids, self.mask = latents, ids, mask
+    def __init__(self, latents: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                 shape_maps: torch.Tensor | None = None) -> None:
+        self.latents, self.ids, self.mask, self.shape_maps = latents, ids, mask, shape_maps
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, i: int):
-        return self.latents[i], self.ids[i], self.mask[i]
+        row = (self.latents[i], self.ids[i], self.mask[i])
+        return row if self.shape_maps is None else (*row, self.shape_maps[i])
 
 
 class TextVideoDataModule(EncodedDataModule):
@@ -208,13 +210,16 @@ class TextVideoDataModule(EncodedDataModule):
             each caption teaches is unchanged, only how often it is taught (how much of the
             model it gets): unlike a loss weight that depends on the target, it does not move
             the optimum of any caption's model. Measured on ``t2v_unet``: not a lever there.
+        shape_maps: batches also carry ``"shape_map" (B, S, T', H', W')``: the renderer's
+            per-pixel shape coverage averaged over each latent cell (what a denoiser's
+            ``segment_weight`` learns from); rendered once and cached beside the latents.
     """
 
     def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
                  num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
                  captions: str = "detailed", max_len: int = 24, seed: int = 0, captioner: str = "captioner",
                  captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0,
-                 oversample: dict[str, float] | None = None) -> None:
+                 oversample: dict[str, float] | None = None, shape_maps: bool = False) -> None:
         super().__init__()
         if captions not in ("detailed", "alt_text", "recaptioned"):
             raise ValueError(f"captions must be 'detailed', 'alt_text' or 'recaptioned', got {captions!r}")
@@ -271,7 +276,30 @@ class TextVideoDataModule(EncodedDataModule):
         else:  # validation is scored on ground truth when recaptioning
             texts = captions["detailed" if hp.captions == "recaptioned" else hp.captions]
         ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
-        return _Latents(latents, ids, mask)
+        maps = self._shape_maps(n, seed, folder) if hp.shape_maps else None
+        return _Latents(latents, ids, mask, maps)
+
+    @torch.no_grad()
+    def _shape_maps(self, n: int, seed: int, folder) -> torch.Tensor:
+        """``(n, S, T', H', W')`` bf16: the first ``n`` clips' shape maps pooled to the latent
+        grid, from ``folder`` (the latents' cache folder) or rendered now (no encoding: the
+        same scenes drawn again, ~4 ms a clip) and cached there."""
+        from safetensors.torch import load_file, save
+
+        from ..viz import write_atomic
+
+        hp = self.hparams
+        path = folder / "shape_maps.safetensors"
+        if path.exists():
+            maps = load_file(str(path))["shape_maps"]
+            if len(maps) >= n:
+                return maps[:n].contiguous()
+        world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD, shape_maps=True)
+        indices = scene_indices(world, n, held_out=False)
+        maps = torch.cat([self.vae.pool_to_latent(torch.stack([s.shape_map for s in world.samples(indices[i:i + 64])]))
+                          for i in range(0, n, 64)]).to(torch.bfloat16).contiguous()
+        write_atomic(path, save({"shape_maps": maps}))
+        return maps
 
     def _recaptioned(self, latents: torch.Tensor, captions: dict, folder) -> list[str]:
         """The captioner's captions for a ``recaption_mix`` fraction (seeded per video), alt-text for the rest."""
@@ -320,8 +348,8 @@ class TextVideoDataModule(EncodedDataModule):
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, ids, mask = batch
-        return {"x": x, "ids": ids, "mask": mask}
+        x, ids, mask, *maps = batch
+        return {"x": x, "ids": ids, "mask": mask, **({"shape_map": maps[0]} if maps else {})}
 
 
 @torch.no_grad()
