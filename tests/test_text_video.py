@@ -176,3 +176,22 @@ def test_oversample_draws_clips_with_the_phrase_that_many_times_as_often():
     assert torch.equal(plain.sampling_weights(), torch.ones(len(captions), dtype=torch.float64))
     with pytest.raises(ValueError, match="oversample factors must be > 0"):
         TextVideoDataModule(oversample={"cross": 0.0})
+
+
+def test_cell_classes_put_background_first_and_the_balanced_loss_weighs_object_cells_apart():
+    from sora_edu.train.segmentation import balanced_soft_ce, cell_classes
+
+    cells = torch.tensor([[[0.0, 0.5, 1.0]], [[0.0, 0.25, 0.0]]])[None]  # (B=1, S=2, 1, 3): two shapes, 3 cells
+    classes = cell_classes(cells)
+    torch.testing.assert_close(classes[0, :, 0], torch.tensor([[1.0, 0.25, 0.0], [0.0, 0.5, 1.0], [0.0, 0.25, 0.0]]))
+    logits = torch.tensor([[[2.0, 0.0, -1.0]], [[0.0, 1.0, 3.0]], [[-1.0, 0.5, 0.0]]])[None]
+    ce = -(classes * torch.log_softmax(logits, 1)).sum(1)[0, 0]  # per cell
+    # cells 1 and 2 are touched by a shape, cell 0 is background only: the two groups' means added
+    torch.testing.assert_close(balanced_soft_ce(logits, classes), ce[1:].mean() + ce[0])
+    # the class axis may be the last one, as for tokens (B, N, K)
+    torch.testing.assert_close(balanced_soft_ce(logits.flatten(2).transpose(1, 2), classes.flatten(2).transpose(1, 2), dim=-1),
+                               ce[1:].mean() + ce[0])
+    # one group only (all background, or every cell touched): the plain mean, never NaN
+    background = cell_classes(torch.zeros(1, 2, 1, 3))
+    torch.testing.assert_close(balanced_soft_ce(logits, background), -torch.log_softmax(logits, 1)[:, 0].mean())
+    assert torch.isfinite(balanced_soft_ce(logits, cell_classes(torch.full((1, 2, 1, 3), 0.5))))
