@@ -131,7 +131,13 @@ def test_shape_maps_are_the_rendered_coverage_pooled_to_the_latent_grid_and_cach
     monkeypatch.setenv("SORA_EDU_CACHE", str(tmp_path))
     size = dict(vae="vae_kl", vae_overrides=TINY_VAE, num_val=4, frames=5, height=16, width=16, batch_size=4)
     dm = TextVideoDataModule(num_train=6, shape_maps=True, **size)
+    dm.prepare_data()  # the tiny autoencoder, trained on videos of its own
+    rendered = []
+    samples = ShapesWorld.samples
+    monkeypatch.setattr(ShapesWorld, "samples", lambda self, idx: rendered.extend(idx) or samples(self, idx))
     dm.setup()
+    assert len(rendered) == 6 + 4  # the maps come from the render that was encoded: each clip drawn once
+    monkeypatch.setattr(ShapesWorld, "samples", samples)
     maps = dm.train_set.shape_maps
     assert maps.shape == (6, len(SHAPES), *dm.vae.latent_shape(5, 16, 16)[1:]) and maps.dtype == torch.bfloat16
     world = ShapesWorld(_ENDLESS, 5, 16, 16, 0, T2V_WORLD, shape_maps=True)
@@ -149,6 +155,9 @@ def test_shape_maps_are_the_rendered_coverage_pooled_to_the_latent_grid_and_cach
     again = TextVideoDataModule(num_train=6, shape_maps=True, **size)
     again.setup()
     assert torch.equal(again.train_set.shape_maps, maps)
+    fewer = TextVideoDataModule(num_train=3, shape_maps=True, **size)  # served from the 6 clips' folder, maps too
+    fewer.setup()
+    assert torch.equal(fewer.train_set.shape_maps, maps[:3])
     plain = TextVideoDataModule(num_train=6, **size)
     plain.setup()
     assert plain.train_set.shape_maps is None and "shape_map" not in plain.on_after_batch_transfer(

@@ -253,51 +253,65 @@ class TextVideoDataModule(EncodedDataModule):
         # serves a smaller one (the captioner's 2000 videos are the text-to-video model's first 2000).
         cached = ((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*") if (f / "captions.json").exists())
         larger = sorted(c for c in cached if c[0] >= n)
+        source = folder  # where the latents are read from; their shape maps live beside them
         if larger:
             n_found, found = larger[0]
+            source = found
             latents = load_file(str(found / "latents.safetensors"))["latents"][:n].contiguous()
             captions = {k: v[:n] for k, v in json.loads((found / "captions.json").read_text()).items()}
             if n_found == n:  # else recaptions of the n go to their own folder (write_atomic makes it)
                 folder = found
         else:
-            world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD)
-            indices = scene_indices(world, n, held_out=False)
-            parts, captions = [], {"detailed": [], "alt_text": []}
+            # with shape_maps the maps come from the same render: the scenes are drawn once
+            world, indices = self._scenes(n, seed, hp.shape_maps)
+            parts, maps, captions = [], [], {"detailed": [], "alt_text": []}
             for start in range(0, n, 64):
                 samples = world.samples(indices[start:start + 64])
                 parts.append(self.vae.encode(torch.stack([s.video for s in samples])) * self.vae.scale_factor)
+                if hp.shape_maps:
+                    maps.append(self._pooled_maps(samples))
                 captions["detailed"] += [s.caption for s in samples]
                 captions["alt_text"] += [s.alt_text for s in samples]
             latents = torch.cat(parts).contiguous()
             write_atomic(folder / "latents.safetensors", save({"latents": latents}))
+            if maps:
+                write_atomic(folder / "shape_maps.safetensors", save({"shape_maps": torch.cat(maps).contiguous()}))
             write_atomic(folder / "captions.json", json.dumps(captions).encode())  # written last: the marker
         if hp.captions == "recaptioned" and seed == hp.seed:  # the training set is relabelled
             texts = self._recaptioned(latents, captions, folder)
         else:  # validation is scored on ground truth when recaptioning
             texts = captions["detailed" if hp.captions == "recaptioned" else hp.captions]
         ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
-        maps = self._shape_maps(n, seed, folder) if hp.shape_maps else None
+        maps = self._shape_maps(n, seed, source) if hp.shape_maps else None
         return _Latents(latents, ids, mask, maps)
+
+    def _scenes(self, n: int, seed: int, shape_maps: bool = False) -> tuple[ShapesWorld, list[int]]:
+        """The world of ``seed`` and its first ``n`` training-split scenes: the cached clips' order."""
+        hp = self.hparams
+        world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD, shape_maps=shape_maps)
+        return world, scene_indices(world, n, held_out=False)
+
+    def _pooled_maps(self, samples) -> torch.Tensor:
+        """Rendered samples' shape maps averaged over each latent cell, ``(B, S, T', H', W')`` bf16."""
+        return self.vae.pool_to_latent(torch.stack([s.shape_map for s in samples])).to(torch.bfloat16)
 
     @torch.no_grad()
     def _shape_maps(self, n: int, seed: int, folder) -> torch.Tensor:
         """``(n, S, T', H', W')`` bf16: the first ``n`` clips' shape maps pooled to the latent
-        grid, from ``folder`` (the latents' cache folder) or rendered now (no encoding: the
-        same scenes drawn again, ~4 ms a clip) and cached there."""
+        grid, from ``folder`` (where their latents are cached; written there when they were
+        encoded with ``shape_maps``) or rendered now (no encoding: the same scenes drawn
+        again, ~4 ms a clip) and cached there."""
         from safetensors.torch import load_file, save
 
         from ..viz import write_atomic
 
-        hp = self.hparams
         path = folder / "shape_maps.safetensors"
         if path.exists():
             maps = load_file(str(path))["shape_maps"]
             if len(maps) >= n:
                 return maps[:n].contiguous()
-        world = ShapesWorld(_ENDLESS, hp.frames, hp.height, hp.width, seed, T2V_WORLD, shape_maps=True)
-        indices = scene_indices(world, n, held_out=False)
-        maps = torch.cat([self.vae.pool_to_latent(torch.stack([s.shape_map for s in world.samples(indices[i:i + 64])]))
-                          for i in range(0, n, 64)]).to(torch.bfloat16).contiguous()
+        world, indices = self._scenes(n, seed, shape_maps=True)
+        maps = torch.cat([self._pooled_maps(world.samples(indices[i:i + 64])) for i in range(0, n, 64)]).contiguous()
         write_atomic(path, save({"shape_maps": maps}))
         return maps
 
