@@ -90,6 +90,27 @@ def test_flow_skip_copies_at_low_noise_and_its_output_error_is_the_x0_error():
     assert d.loss(off, x0, t=t, noise=noise).item() == pytest.approx(0.25 * (1 + 5 + 1 + 5) / 4)
 
 
+def test_flow_skip_sigma_data_is_the_best_linear_guess_for_data_of_that_scale():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = 0.25 * torch.randn(200_000, generator=g), torch.randn(200_000, generator=g)
+    d = Diffusion("flow_skip", sigma_data=0.25)
+    for t in (0.05, 0.2, 0.5):
+        tt = torch.full((len(x0),), t)
+        x_t = d.q_sample(x0, tt, noise)
+        least_squares = (x_t * x0).sum() / (x_t * x_t).sum()  # argmin_c E (x0 - c x_t)^2
+        s, n = d.coefficients(tt[:1], x_t[:1])
+        assert d.c_skip(s, n).item() == pytest.approx(least_squares.item(), rel=0.05), t
+        # the round trip holds at any scale: a perfect output recovers x0
+        torch.testing.assert_close(d.predict(d.target(x0, noise, tt), x_t, tt)[0], x0, atol=1e-5, rtol=1e-5)
+    # a small scale copies the input only near t = 0: an x0 predictor where the layout is decided
+    s, n = d.coefficients(torch.tensor([0.05, 0.8]), torch.zeros(2))
+    unit = Diffusion("flow_skip")
+    assert d.c_skip(s, n)[0] > 0.99 and d.c_skip(s, n)[1] < 0.02 < unit.c_skip(s, n)[1]
+    for bad in ({"objective": "flow_x0", "sigma_data": 0.5}, {"objective": "flow_skip", "sigma_data": 0.0}):
+        with pytest.raises(ValueError, match="sigma_data is flow_skip's data scale"):
+            Diffusion(**bad)
+
+
 def oracle(d: Diffusion, x0: torch.Tensor):
     """A denoiser that knows the answer: the objective's target for x0 at (x_t, t)."""
     def model(x_t, t_model, cond):
@@ -515,6 +536,36 @@ def test_text_encoder_starts_from_a_clip_text_tower():
         DiffusionModule(UNet(4, (8, 16), num_classes=3), num_classes=3, text_from="clip_t2v")
     # The cache key follows the CLIP it started from: another CLIP, another model.
     assert cached_path("t2v_unet") != cached_path("t2v_unet", '--model.init_args.text_overrides=["--trainer.max_steps=10"]')
+
+
+def test_text_lr_scale_slows_or_freezes_the_text_encoder():
+    from types import SimpleNamespace
+
+    from sora_edu.models.text import WordTokenizer
+    from sora_edu.train.diffusion import DiffusionModule
+
+    tokenizer = WordTokenizer.for_world()
+    ids, mask = tokenizer.encode(["a red circle moves left", "a blue square stays still"], max_len=10)
+    batch = {"x": torch.randn(2, 4, 3, 8, 8)}
+    for scale in (0.0, 0.1, 1.0):
+        torch.manual_seed(0)
+        net = UNet(4, (8, 16), dims=2, num_classes=None, vocab_size=len(tokenizer), text_dim=16, text_depth=1)
+        module = DiffusionModule(net, objective="flow_x0", num_classes=None, clip=None, lr=1e-2, text_lr_scale=scale)
+        module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+        opt = module.configure_optimizers()["optimizer"]
+        text = {id(p) for p in net.text.parameters()}
+        lrs = {("text" if id(p) in text else "net"): group["initial_lr"] for group in opt.param_groups for p in group["params"]}
+        assert lrs == ({"net": 1e-2} if scale == 0 else {"net": 1e-2, "text": pytest.approx(1e-2 * scale)})
+        with torch.no_grad():  # zero-initialised layers would keep every gradient from the text at first
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        before = [p.clone() for p in net.text.parameters()]
+        module.diffusion.loss(net, batch["x"], {"ids": ids, "mask": mask}).backward()
+        opt.step()
+        moved = [not torch.equal(b, p) for b, p in zip(before, net.text.parameters())]
+        assert any(moved) == (scale > 0) and all(p.requires_grad == (scale > 0) for p in net.text.parameters())
+    with pytest.raises(ValueError, match="text_lr_scale multiplies the learning rate"):
+        DiffusionModule(net, objective="flow_x0", num_classes=None, text_lr_scale=-1)
 
 
 def test_size_multiple_says_which_latent_sizes_a_network_takes():

@@ -203,3 +203,29 @@ def test_semantic_latents_learn_to_name_the_shape_under_each_cell():
     assert sum(accuracy[:10]) / 10 < 0.35 and sum(accuracy[-20:]) / 20 > 0.5, (accuracy[:10], accuracy[-20:])
     with pytest.raises(ValueError, match="semantic_weight must be >= 0"):
         AutoencoderModule(VideoAutoencoder(**TINY), semantic_weight=-1)
+
+
+def test_object_weight_weighs_the_pixels_an_object_covers_and_a_band_around_it():
+    from sora_edu.train.autoencode import AutoencoderModule
+
+    torch.manual_seed(0)
+    net = VideoAutoencoder(**TINY)
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    maps = torch.zeros(2, 5, 5, 16, 16)
+    maps[:, 1, :, 4:8, 4:8] = 1.0  # a square covering 1/16 of each frame
+    maps[:, 2, :, 4:8, 6:8] = 1.0  # overlapping coverage counts once
+    plain = AutoencoderModule(net, l1_weight=0.0, l2_weight=1.0)
+    weighted = AutoencoderModule(net, l1_weight=0.5, l2_weight=1.0, object_weight=9.0)
+    torch.manual_seed(1)
+    loss_plain, out = plain._loss({"x": video})
+    torch.manual_seed(1)
+    loss_weighted, _ = weighted._loss({"x": video, "shape_map": maps})
+    err = out.reconstruction - video
+    w = torch.ones_like(err[:, :1])
+    w[..., 2:10, 2:10] = 10.0  # the object and a 2-pixel band around it
+    torch.testing.assert_close(loss_plain - out.loss, err.pow(2).mean())
+    torch.testing.assert_close(loss_weighted - out.loss, 0.5 * (w * err.abs()).mean() + (w * err.pow(2)).mean())
+    with pytest.raises(ValueError, match="object_weight needs per-pixel shape maps"):
+        weighted._loss({"x": video})
+    with pytest.raises(ValueError, match="object_weight must be >= 0"):
+        AutoencoderModule(net, object_weight=-1)

@@ -21,7 +21,9 @@ Two families share it:
   Ho's ``v`` with the sign flipped. ``"flow_skip"`` keeps only EDM's skip: the network
   predicts ``x0 - (s / r^2) x_t``, the correction to the best linear guess, unscaled, so
   its error is the ``x0`` error at every ``t`` (EDM's output is that error times ``r / n``,
-  which near ``t = 0`` asks the network for the noise).
+  which near ``t = 0`` asks the network for the noise). Its ``sigma_data`` (EDM's data
+  scale, 1 by default) sets where the skip acts: at 0.25 the input is copied through only
+  below ``t ~ 0.3`` and the network stays an ``x0`` predictor where the layout is decided.
 
 Flow training times are uniform, or **logit-normal** (``flow_times="logit_normal"``:
 ``t = sigmoid(n)``, ``n ~ N(0, 1)``), which spends training on the middle of the path where
@@ -65,7 +67,7 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Diffusion:
     def __init__(self, objective: str = "eps", schedule: str = "cosine", steps: int = 1000,
                  flow_times: str = "uniform", loss_weight: str = "none", snr_gamma: float = 5.0,
-                 flow_shift: float = 1.0) -> None:
+                 flow_shift: float = 1.0, sigma_data: float = 1.0) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if loss_weight not in ("none", "snr_clamp"):
@@ -79,7 +81,11 @@ class Diffusion:
             raise ValueError(f"flow_times must be 'uniform' or 'logit_normal', got {flow_times!r}")
         if flow_shift <= 0:
             raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
+        if sigma_data <= 0 or (sigma_data != 1.0 and objective != "flow_skip"):
+            raise ValueError(f"sigma_data is flow_skip's data scale (> 0; the other objectives assume 1), "
+                             f"got {sigma_data} with objective {objective!r}")
         self.objective, self.steps, self.flow_times, self.flow_shift = objective, steps, flow_times, flow_shift
+        self.sigma_data = sigma_data
         self.schedule = NoiseSchedule(schedule, steps)
 
     @property
@@ -152,10 +158,14 @@ class Diffusion:
             return x0 - self.c_skip(s, n) * (s * x0 + n * noise)
         return s * noise - n * x0
 
-    @staticmethod
-    def c_skip(s: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """EDM's skip weight ``s / r^2``: the best linear guess of unit-variance ``x0`` from ``x_t``."""
-        return s / (s * s + n * n)
+    def c_skip(self, s: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """EDM's skip weight ``s d^2 / (s^2 d^2 + n^2)``, ``d = sigma_data``: the best linear
+        guess of ``x0`` (of standard deviation ``d``) from ``x_t``. With ``d = 1`` (unit-variance
+        latents) it stays near 1 up to ``t = 0.5`` and the network must predict noise there;
+        a smaller ``d`` (the scale of the *detail* to keep) copies the input only near ``t = 0``
+        and leaves the network an ``x0`` predictor wherever the layout is decided."""
+        d2 = self.sigma_data ** 2
+        return s * d2 / (s * s * d2 + n * n)
 
     def predict(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's output at ``(x_t, t)`` -> its estimates ``(x0, eps)``."""

@@ -28,6 +28,10 @@ background and of each shape (the renderer's segmentation, pooled to the latent 
 batches carry ``"shape_map"``, :class:`~sora_edu.train.text_video.TextVideoDataModule` with
 ``shape_maps=True``), read from the noisy input: REPA's idea with the world's ground truth as
 the teacher, at the resolution where a small cross's corners are drawn.
+``text_lr_scale`` multiplies the learning rate of the network's text encoder (0 freezes it,
+as Imagen keeps T5 frozen; measured on ``t2v_unet`` with ``text_from``: colour learned
+sooner, the same final figure). ``sigma_data`` is ``flow_skip``'s data scale (see
+:class:`~sora_edu.diffusion.Diffusion`).
 
 Batches: ``{"x": (B, C, ...) data or scaled latents}`` plus the condition: ``"y": (B,)``
 labels (class-conditional) or ``"ids", "mask": (B, L)`` tokenised captions (text-conditional:
@@ -64,8 +68,12 @@ class DiffusionModule(pl.LightningModule):
                  repa_from: str | None = None, repa_overrides: list[str] | None = None, repa_weight: float = 0.5,
                  autoguide_at: float | None = None, input_perturbation: float = 0.0, probe_from: str | None = None,
                  probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1,
-                 target_memo: int = 0, segment_weight: float = 0.0) -> None:
+                 target_memo: int = 0, segment_weight: float = 0.0, text_lr_scale: float = 1.0,
+                 sigma_data: float = 1.0) -> None:
         super().__init__()
+        if text_lr_scale < 0:
+            raise ValueError(f"text_lr_scale multiplies the learning rate of the text encoder (0 freezes it), "
+                             f"got {text_lr_scale}")
         if segment_weight < 0:
             raise ValueError(f"segment_weight must be >= 0, got {segment_weight}")
         if target_memo < 0:
@@ -104,7 +112,8 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"latent_norm must be 'global' or 'channel', got {latent_norm!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight, snr_gamma, flow_shift)
+        self.diffusion = Diffusion(objective, schedule, timesteps, flow_times, loss_weight, snr_gamma, flow_shift,
+                                   sigma_data)
         # The autoencoder is kept outside the module tree (not a submodule): the checkpoint
         # holds the denoiser only, and the optimiser and .train() never touch the VAE.
         self.__dict__["_vae"] = None
@@ -512,8 +521,20 @@ class DiffusionModule(pl.LightningModule):
         self.weak_step.fill_(self.global_step)
 
     def configure_optimizers(self):
-        trained = [p for name, p in self.named_parameters() if not name.startswith("weak_net.")]
-        opt = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # A pretrained text tower (text_from) may learn slower than the denoiser, or not at
+        # all (text_lr_scale 0: frozen, as Imagen's T5): its words keep what CLIP taught them.
+        # At scale 1 there is one group in the modules' order, as checkpoints from before the option hold.
+        scale = self.hparams.text_lr_scale
+        trained = [(name, p) for name, p in self.named_parameters() if not name.startswith("weak_net.")]
+        is_text = {name: name.startswith("net.text.") for name, _ in trained}
+        text = [p for name, p in trained if is_text[name]]
+        param_groups = [{"params": [p for name, p in trained if scale == 1 or not is_text[name]]}]
+        if scale == 0:
+            for p in text:
+                p.requires_grad_(False)
+        elif text and scale != 1:
+            param_groups.append({"params": text, "lr": self.hparams.lr * scale})
+        opt = torch.optim.AdamW(param_groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return {"optimizer": opt,
                 "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)}
 
