@@ -102,33 +102,31 @@ class AutoencoderModule(pl.LightningModule):
         return cell_classes(self.net.pool_to_latent(shape_map))
 
     def _loss(self, batch: dict):
-        x = batch["x"]
+        x, hp = batch["x"], self.hparams
+        needs_maps = [name for name in ("object_weight", "semantic_weight") if hp[name] > 0]
+        if needs_maps and "shape_map" not in batch:
+            raise ValueError(f"{' and '.join(needs_maps)} need{'s' if len(needs_maps) == 1 else ''} per-pixel shape "
+                             "maps in the batch: set data.init_args.shape_maps: true (WorldVideoDataModule)")
         out = self.net(x)
         err = out.reconstruction - x
-        weight = 1.0
-        if self.hparams.object_weight > 0:
-            if "shape_map" not in batch:
-                raise ValueError("object_weight needs per-pixel shape maps in the batch: "
-                                 "set data.init_args.shape_maps: true (WorldVideoDataModule)")
+        abs_err, sq_err = err.abs(), err.pow(2)
+        if hp.object_weight > 0:
             # the pixels an object covers, and a 2-pixel band around it, weigh 1 + object_weight:
             # a small object's outline is a few pixels of the frame, and a plain mean spends the
             # latent on the background. The band keeps the weight symmetric across the outline
             # (the object alone, weighted 11x, came back swollen and trailing ghosts).
             cover = batch["shape_map"].sum(1, keepdim=True).clamp(max=1.0)
             near = F.max_pool3d(cover, (1, 5, 5), stride=1, padding=(0, 2, 2))
-            weight = 1.0 + self.hparams.object_weight * near
-        rec = (self.hparams.l1_weight * (weight * err.abs()).mean()
-               + self.hparams.l2_weight * (weight * err.pow(2)).mean())
-        if self.hparams.semantic_weight > 0:
-            if "shape_map" not in batch:
-                raise ValueError("semantic_weight needs per-pixel shape maps in the batch: "
-                                 "set data.init_args.shape_maps: true (WorldVideoDataModule)")
+            weight = 1.0 + hp.object_weight * near
+            abs_err, sq_err = weight * abs_err, weight * sq_err
+        rec = hp.l1_weight * abs_err.mean() + hp.l2_weight * sq_err.mean()
+        if hp.semantic_weight > 0:
             logits, target = self.semantic_logits(out.latents), self.semantic_targets(batch["shape_map"])
             out.stats["semantic"] = balanced_soft_ce(logits, target)
             objects = target[:, 1:].max(1).values >= 0.5  # cells mostly covered by one shape
             right = logits[:, 1:].argmax(1) == target[:, 1:].argmax(1)
             out.stats["semantic_acc"] = (right[objects].float().mean() if objects.any() else torch.tensor(float("nan"))).detach()
-            rec = rec + self.hparams.semantic_weight * out.stats["semantic"]
+            rec = rec + hp.semantic_weight * out.stats["semantic"]
         return rec + out.loss, out
 
     def training_step(self, batch, batch_idx):
