@@ -176,7 +176,7 @@ def test_oversample_draws_clips_with_the_phrase_that_many_times_as_often():
     dm = TextVideoDataModule(batch_size=20, oversample={"cross": 4.0, "small cross": 0.5})
     dm.train_set = _Latents(torch.zeros(len(captions), 1, 1, 1, 1), ids, mask)
     torch.testing.assert_close(dm.sampling_weights()[:4], torch.tensor([2.0, 4.0, 1.0, 2.0], dtype=torch.float64))
-    drawn = torch.cat([batch[1] for batch in dm.train_dataloader()])
+    drawn = torch.cat([batch["ids"] for batch in dm.train_dataloader()])
     assert len(drawn) == len(captions)  # an epoch is still num_train draws
     circles = (drawn == WordTokenizer.for_world().index["circle"]).any(1).float().mean()
     assert 0.05 < circles < 0.17  # 1 / 9 of the weight (0.08 in this seeded draw of 200)

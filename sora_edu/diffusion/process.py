@@ -189,10 +189,15 @@ class Diffusion:
 
     def loss(self, model: Model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             where: torch.Tensor | None = None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
+             where: torch.Tensor | None = None, perturbation: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error between the network's output and the objective's target at a
         random time and noise (or the given ``t`` and ``noise``), over the elements where
         ``where`` (a bool tensor broadcastable to ``x0``) is True, or all.
+
+        ``weight`` (broadcastable to ``x0``, >= 0) weighs elements, divided by its mean so the
+        loss keeps its scale. It must depend on the *condition* only (a layout's object
+        cells), never on the target: the minimiser is then still the conditional mean.
 
         ``perturbation`` is added to the noise of the *input* only, the target keeps ``noise``
         (input perturbation, Ning et al., "Input Perturbation Reduces Exposure Bias in
@@ -206,15 +211,18 @@ class Diffusion:
         out = model(self.q_sample(x0, t, noised), self.model_time(t), cond)
         if out.shape != x0.shape:
             raise ValueError(f"the model returned {tuple(out.shape)} for inputs of shape {tuple(x0.shape)}")
-        if self.loss_weight == "none" and where is None:
+        if self.loss_weight == "none" and where is None and weight is None:
             return F.mse_loss(out, self.target(x0, noise, t))
         error = (out - self.target(x0, noise, t)).pow(2)
+        if weight is not None:
+            weight = weight.to(error).expand_as(error)
+            error = error * weight / weight.mean().clamp_min(1e-12)
         if self.loss_weight == "snr_clamp":
             s, n = self.coefficients(t, x0)
-            weight = (s / n.clamp_min(1e-4)).pow(2).clamp(1.0, self.snr_gamma)  # clamp(SNR, 1, gamma)
+            snr = (s / n.clamp_min(1e-4)).pow(2).clamp(1.0, self.snr_gamma)  # clamp(SNR, 1, gamma)
             if self.objective == "flow_edm":  # its x0 error is (n / r) times its output's: weigh x0 errors alike
-                weight = weight * n * n / (s * s + n * n)
-            error = error * weight
+                snr = snr * n * n / (s * s + n * n)
+            error = error * snr
         if where is None:
             return error.mean()
         where = where.expand_as(error)

@@ -22,7 +22,10 @@ a ``dims=2`` U-Net, a (2+1)D network (Video Diffusion Models, arXiv 2204.03458, 
 space and time the same way); ``scale_shift`` lets the embedding scale the features, not
 only shift them (AdaGN); ``coords`` hands the network its (frame, row, column) position.
 ``extra_channels`` are inputs beyond ``x`` (concatenated to it; the output keeps
-``in_channels``): the previous ``x0`` estimate under self-conditioning. ``forward(...,
+``in_channels``): the previous ``x0`` estimate under self-conditioning. ``layout_channels``
+are a layout's maps (:mod:`sora_edu.models.layout`), given in the text condition as
+``cond["layout"] (B, layout_channels, T, H, W)`` and concatenated to ``x`` the same way:
+the object's box in every frame, where a two-stage model draws it. ``forward(...,
 features=True)`` also returns the bottleneck's features, which REPA aligns to a CLIP's video
 tokens (:class:`~sora_edu.train.diffusion.DiffusionModule`'s ``repa_from``);
 ``features=("mid", 1)`` returns those and the down path's features at level 1 (half the
@@ -113,7 +116,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128), dims: int = 2,
                  num_classes: int | None = 10, emb_dim: int = 128, blocks: int = 1, vocab_size: int | None = None,
                  text_dim: int = 64, text_depth: int = 2, temporal: bool = False,
-                 scale_shift: bool = False, coords: bool = False, extra_channels: int = 0) -> None:
+                 scale_shift: bool = False, coords: bool = False, extra_channels: int = 0,
+                 layout_channels: int = 0) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 (images) or 3 (videos), got {dims}")
@@ -123,6 +127,9 @@ class UNet(nn.Module):
             raise ValueError("condition on classes or on text, not both (set num_classes=null for text)")
         self.dims, self.in_channels, self.num_classes = dims, in_channels, num_classes
         self.extra_channels = extra_channels  # inputs beyond x (a self-conditioning estimate); the output keeps in_channels
+        if layout_channels and not vocab_size:
+            raise ValueError("layout_channels come in the text condition (cond['layout']): set vocab_size too")
+        self.layout_channels = layout_channels
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.levels = len(channels)
         self.time = TimestepEmbedder(emb_dim)
@@ -131,7 +138,7 @@ class UNet(nn.Module):
         if self.text is not None:
             self.text_pooled = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.coords = coords
-        self.conv_in = conv(in_channels + extra_channels + (3 if coords else 0), channels[0], 3, padding=1)
+        self.conv_in = conv(in_channels + extra_channels + layout_channels + (3 if coords else 0), channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips = []
         for i, c in enumerate(channels):
@@ -206,6 +213,13 @@ class UNet(nn.Module):
             emb = emb + self.label(cond)
         elif self.text is not None:
             emb = emb + self.text_pooled(self.text(*text_inputs(cond, "U-Net"))[1])
+        if self.layout_channels:
+            maps = cond.get("layout")
+            want = (len(x), self.layout_channels, *x.shape[2:])
+            if maps is None or tuple(maps.shape) != want:
+                got = "none" if maps is None else tuple(maps.shape)
+                raise ValueError(f"this U-Net draws in a layout: expected cond['layout'] {want} (B, C, T, H, W), got {got}")
+            x = torch.cat([x, maps.to(x.dtype)], dim=1)
         if self.coords:
             x = torch.cat([x, coordinates(x)], dim=1)
         if x.ndim == 5 and self.dims == 2:  # frame by frame: time folded into the batch

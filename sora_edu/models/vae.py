@@ -293,15 +293,21 @@ class VideoAutoencoder(nn.Module):
         extra = target - video.shape[2]
         return torch.cat([video, video[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2) if extra else video
 
-    def pool_to_latent(self, maps: torch.Tensor) -> torch.Tensor:
-        """Per-pixel maps ``(B, K, T, H, W)`` -> their mean over each latent cell's pixels
-        ``(B, K, T', H/s, W/s)``, with the encoder's own frame grouping (frame 0 alone, then
-        ``time_factor`` frames a latent frame; the end padded with the last frame)."""
+    def fold_to_latent(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-pixel maps ``(B, K, T, H, W)`` -> ``(B, K, P, T', H/s, W/s)``: each latent
+        cell's ``P = time_factor * s * s`` pixels side by side, with the encoder's own frame
+        grouping (frame 0 alone, then ``time_factor`` frames a latent frame; the end padded
+        with the last frame)."""
         if maps.ndim != 5:
             raise ValueError(f"expected maps (B, K, T, H, W), got shape {tuple(maps.shape)}")
         # the stem's own causal folding, at the whole compression: each cell's pixels in one row
         cells = CausalPatchify(self.time_factor, self.space_factor)(self._pad_time(maps))
-        return cells.unflatten(1, (maps.shape[1], -1)).mean(2)
+        return cells.unflatten(1, (maps.shape[1], -1))
+
+    def pool_to_latent(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-pixel maps ``(B, K, T, H, W)`` -> their mean over each latent cell's pixels
+        ``(B, K, T', H/s, W/s)`` (:meth:`fold_to_latent`'s grouping)."""
+        return self.fold_to_latent(maps).mean(2)
 
     # --- encode / decode ------------------------------------------------------------------
 

@@ -28,6 +28,15 @@ background and of each shape (the renderer's segmentation, pooled to the latent 
 batches carry ``"shape_map"``, :class:`~sora_edu.train.text_video.TextVideoDataModule` with
 ``shape_maps=True``), read from the noisy input: REPA's idea with the world's ground truth as
 the teacher, at the resolution where a small cross's corners are drawn.
+``layout_from`` (a cached :class:`~sora_edu.train.layout.LayoutModule` config, ``layout_t2v``)
+makes the model the video stage of a two-stage one (:mod:`sora_edu.models.layout`): it
+trains on the true box of the object in every frame (batches carry ``"boxes"``,
+:class:`~sora_edu.train.text_video.TextVideoDataModule` with ``layouts=True``), handed to a
+network with ``layout_channels`` as :func:`~sora_edu.models.layout.box_coordinates` folded
+into the latent grid, and samples in boxes that planner draws for the prompt (or in
+``boxes=`` you give). ``layout_weight = w`` weighs the loss ``w`` times in the latent cells
+the object's box touches: a weight that depends on the condition, so, unlike one that
+depends on the target, it does not move the optimum.
 ``text_lr_scale`` multiplies the learning rate of the network's text encoder (0 freezes it,
 as Imagen keeps T5 frozen; measured on ``t2v_unet`` with ``text_from``: colour learned
 sooner, the same final figure). ``sigma_data`` is ``flow_skip``'s data scale (see
@@ -69,8 +78,18 @@ class DiffusionModule(pl.LightningModule):
                  autoguide_at: float | None = None, input_perturbation: float = 0.0, probe_from: str | None = None,
                  probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1,
                  target_memo: int = 0, segment_weight: float = 0.0, text_lr_scale: float = 1.0,
-                 sigma_data: float = 1.0) -> None:
+                 sigma_data: float = 1.0, layout_from: str | None = None, layout_overrides: list[str] | None = None,
+                 layout_weight: float = 1.0) -> None:
         super().__init__()
+        if bool(layout_from) != bool(getattr(net, "layout_channels", 0)):
+            raise ValueError("layout_from (the planner) and a network with layout_channels (what draws in its boxes) "
+                             f"go together: got layout_from={layout_from!r}, "
+                             f"layout_channels={getattr(net, 'layout_channels', 0)}")
+        if layout_from and not vae:
+            raise ValueError("layout_from: the layout is folded into an autoencoder's latent grid: set vae")
+        if layout_weight < 1.0 or (layout_weight != 1.0 and not layout_from):
+            raise ValueError(f"layout_weight (>= 1) weighs the layout's object cells: it needs layout_from, "
+                             f"got {layout_weight} with layout_from={layout_from!r}")
         if text_lr_scale < 0:
             raise ValueError(f"text_lr_scale multiplies the learning rate of the text encoder (0 freezes it), "
                              f"got {text_lr_scale}")
@@ -133,6 +152,7 @@ class DiffusionModule(pl.LightningModule):
             width = from_config(repa_from, *QUIET, *(repa_overrides or [])).model.net.video.dim
             self.repa_proj = nn.Sequential(nn.Linear(net.feature_dim, 256), nn.SiLU(), nn.Linear(256, width))
         self.__dict__["_probe"] = None
+        self.__dict__["_planner"] = None
         # Not state: refilled from the data in each process (and each DDP rank) that trains.
         self.__dict__["_memo"] = None
         if probe_from:
@@ -183,7 +203,10 @@ class DiffusionModule(pl.LightningModule):
         if self.is_text:
             max_len = like["ids"].shape[1] if like is not None else self.PROMPT_LEN
             ids, mask = self.tokenizer.encode([""] * batch, max_len=max_len)
-            return {"ids": ids.to(self.device), "mask": mask.to(self.device)}
+            null = {"ids": ids.to(self.device), "mask": mask.to(self.device)}
+            if like is not None and "layout" in like:  # guidance is on the words; the boxes stay
+                null["layout"] = like["layout"]
+            return null
         n = self.hparams.num_classes
         return None if n is None else torch.full((batch,), n, dtype=torch.long, device=self.device)
 
@@ -194,15 +217,55 @@ class DiffusionModule(pl.LightningModule):
         batch = len(cond["ids"]) if isinstance(cond, dict) else len(cond)
         keep = self._rank_slice(lambda n: torch.rand(n, device=self.device), batch) >= self.hparams.cond_drop
         null = self.null(batch, like=cond)
-        if isinstance(cond, dict):
-            return {k: torch.where(keep[:, None], cond[k], null[k]) for k in ("ids", "mask")}
+        if isinstance(cond, dict):  # a layout, if any, is kept: only the words are dropped
+            return {**cond, **{k: torch.where(keep[:, None], cond[k], null[k]) for k in ("ids", "mask")}}
         return torch.where(keep, cond, null)
 
     def condition(self, batch: dict):
-        """The condition a batch carries: text tokens, labels, or None."""
+        """The condition a batch carries: text tokens (and the layout's maps), labels, or None."""
         if self.is_text:
-            return {"ids": batch["ids"], "mask": batch["mask"]}
+            cond = {"ids": batch["ids"], "mask": batch["mask"]}
+            if self.hparams.layout_from:
+                cond["layout"] = self.layout_maps(self._boxes(batch), batch["x"].shape)
+            return cond
         return batch["y"] if self.hparams.num_classes else None
+
+    @staticmethod
+    def _boxes(batch: dict) -> torch.Tensor:
+        if "boxes" not in batch:
+            raise ValueError("layout_from trains on each clip's boxes (batch 'boxes' (B, T, 4)): "
+                             "set data.init_args.layouts: true (TextVideoDataModule)")
+        return batch["boxes"]
+
+    def layout_maps(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Boxes ``(B, T, 4)`` (pixels) -> the network's layout channels ``(B, 2 P, T', h, w)``
+        for latents of ``latent_shape (B, C, T', h, w)``: every pixel's place in its box
+        (:func:`~sora_edu.models.layout.box_coordinates`), each latent cell's ``P`` pixels side
+        by side, as the autoencoder folds them."""
+        from ..models.layout import box_coordinates, check_boxes
+
+        vae = self.vae
+        *_, frames, h, w = latent_shape
+        check_boxes(boxes)
+        if vae.latent_frames(boxes.shape[1]) != frames:
+            raise ValueError(f"{boxes.shape[1]} frames of boxes make {vae.latent_frames(boxes.shape[1])} latent frames, "
+                             f"the latents have {frames}")
+        coords = box_coordinates(boxes.to(self.device), h * vae.space_factor, w * vae.space_factor)
+        return vae.fold_to_latent(coords).flatten(1, 2)
+
+    def box_weight(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """``(B, 1, T', h, w)``: ``layout_weight`` in the latent cells within one cell of the
+        object's box in any of their frames, 1 elsewhere (:meth:`Diffusion.loss`'s ``weight``)."""
+        vae = self.vae
+        *_, h, w = latent_shape
+        pad = vae.space_factor
+        xs = torch.arange(w * pad, device=boxes.device) + 0.5
+        ys = torch.arange(h * pad, device=boxes.device) + 0.5
+        in_x = (xs >= boxes[..., :1] - pad) & (xs <= boxes[..., 2:3] + pad)  # (B, T, W)
+        in_y = (ys >= boxes[..., 1:2] - pad) & (ys <= boxes[..., 3:] + pad)  # (B, T, H)
+        inside = (in_y[..., :, None] & in_x[..., None, :])[:, None].float()  # (B, 1, T, H, W)
+        cells = vae.fold_to_latent(inside).amax(2)
+        return 1 + (self.hparams.layout_weight - 1) * cells
 
     def encode_prompts(self, prompts: list[str], max_len: int = PROMPT_LEN) -> dict:
         """Prompts -> the text condition ``{"ids", "mask"}`` on the module's device."""
@@ -219,6 +282,8 @@ class DiffusionModule(pl.LightningModule):
             self.repa_tower()
         if self.hparams.probe_from:
             self.probe_tower()
+        if self.hparams.layout_from:
+            self.planner  # noqa: B018 -- trained here if absent
 
     def repa_tower(self) -> nn.Module:
         """The frozen video tower of the cached CLIP named by ``repa_from`` (trained if absent):
@@ -240,6 +305,18 @@ class DiffusionModule(pl.LightningModule):
             probe = load_or_train(self.hparams.probe_from, *(self.hparams.probe_overrides or []), verbose=False)
             self.__dict__["_probe"] = probe.net.eval().requires_grad_(False)
         return self._probe.to(self.device)
+
+    @property
+    def planner(self):
+        """The frozen layout stage named by ``layout_from`` (a cached
+        :class:`~sora_edu.train.layout.LayoutModule`, trained if absent), kept outside the
+        module tree like the VAE: it plans the boxes the video is drawn in."""
+        if self._planner is None:
+            from .cached import load_or_train
+
+            planner = load_or_train(self.hparams.layout_from, *(self.hparams.layout_overrides or []), verbose=False)
+            self.__dict__["_planner"] = planner.eval().requires_grad_(False)
+        return self._planner.to(self.device)
 
     def clip_text_tower(self) -> nn.Module:
         """The text tower of the cached CLIP named by ``text_from`` (trained if absent)."""
@@ -359,8 +436,11 @@ class DiffusionModule(pl.LightningModule):
         raw = batch["x"]
         if self.hparams.image_prob and torch.rand(()).item() < self.hparams.image_prob:
             raw = raw[:, :, :1]  # images: the causal VAE's first latent frame is the first frame alone
+            if self.hparams.layout_from:
+                batch = {**batch, "x": raw, "boxes": self._boxes(batch)[:, :1]}
         x = self.normalise(raw)
         cond = self.drop(self.condition(batch))
+        weight = self.box_weight(batch["boxes"], x.shape) if self.hparams.layout_weight != 1 else None
         diffusion = self.diffusion
         t = self._rank_slice(lambda n: diffusion.sample_t(n, x.device), len(x))
         noise = self._rank_slice(lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x))
@@ -374,31 +454,31 @@ class DiffusionModule(pl.LightningModule):
         perturbation = gamma * self._rank_slice(
             lambda n: torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype), len(x)) if gamma else None
         if self.hparams.repa_from or self.hparams.probe_from or self.hparams.segment_weight:
-            loss = self._aligned_loss(x, raw, cond, t, noise, perturbation, batch.get("shape_map"))
+            loss = self._aligned_loss(x, raw, cond, t, noise, perturbation, batch.get("shape_map"), weight)
         else:
-            loss = self._loss(x, cond, t, noise, mask, perturbation)
+            loss = self._loss(x, cond, t, noise, mask, perturbation, weight)
         # Synced only with several devices: the logged loss is then the global batch's.
         self.log("train/loss", loss, prog_bar=True, sync_dist=self._trainer is not None and self.trainer.world_size > 1)
         return loss
 
-    def _loss(self, x, cond, t, noise, mask=None, perturbation=None):
+    def _loss(self, x, cond, t, noise, mask=None, perturbation=None, weight=None):
         """The diffusion loss; with ``frame_masks`` the denoiser also gets the mask (no
         frame given when ``mask`` is None) and is scored on the generated frames only.
-        ``perturbation``: :meth:`Diffusion.loss`'s (``input_perturbation``)."""
+        ``perturbation``, ``weight``: :meth:`Diffusion.loss`'s (``input_perturbation``, ``layout_weight``)."""
         if self.hparams.self_condition:
             use = self._rank_slice(lambda n: torch.rand(n, device=x.device), len(x)) < 0.5
             return self.diffusion.loss(self._self_conditioned_training(t, use), x, cond, t=t, noise=noise,
-                                       perturbation=perturbation)
+                                       perturbation=perturbation, weight=weight)
         if not self.hparams.frame_masks:
-            return self.diffusion.loss(self.net, x, cond, t=t, noise=noise, perturbation=perturbation)
+            return self.diffusion.loss(self.net, x, cond, t=t, noise=noise, perturbation=perturbation, weight=weight)
         from ..diffusion.frames import masked_input
 
         mask = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask
         net = lambda x_t, tt, c: self.net(masked_input(x_t, x, mask), tt, c)  # noqa: E731
         return self.diffusion.loss(net, x, cond, t=t, noise=noise, where=~mask[:, None, :, None, None],
-                                   perturbation=perturbation)
+                                   perturbation=perturbation, weight=weight)
 
-    def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None, shape_map=None):
+    def _aligned_loss(self, x, raw, cond, t, noise, perturbation=None, shape_map=None, weight=None):
         """The diffusion loss plus REPA's (Yu et al., "Representation Alignment for
         Generation", arXiv 2410.06940): the denoiser's features, seen from the *noisy* input,
         projected and pulled (cosine similarity) towards a frozen encoder's tokens of the
@@ -440,7 +520,7 @@ class DiffusionModule(pl.LightningModule):
             out, seen["features"] = self.net(x_t, tt, c, features=levels)
             return out
 
-        loss = self.diffusion.loss(net, x, cond, t=t, noise=noise, perturbation=perturbation)
+        loss = self.diffusion.loss(net, x, cond, t=t, noise=noise, perturbation=perturbation, weight=weight)
         logs, total = {"train/diffusion": loss.detach()}, loss
         if hp.segment_weight:
             from .segmentation import balanced_soft_ce, cell_classes
@@ -576,7 +656,9 @@ class DiffusionModule(pl.LightningModule):
     def sample(self, shape: tuple[int, ...], cond=None, seed: int = 0, given: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Samples in the model's own space (pixels, or latents as :meth:`normalise` makes them). ``cond``: labels
-        ``(B,)``, prompts (a list of strings) or a text condition dict. ``kwargs`` go to
+        ``(B,)``, prompts (a list of strings) or a text condition dict. ``boxes (B, T, 4)``
+        (pixels) is a layout to draw in, for a two-stage model (``layout_from``; without it the
+        planner plans one, kept as ``planned_boxes``). ``kwargs`` go to
         :func:`sora_edu.diffusion.sample` (sampler, steps, eta, guidance, chain)."""
         was_training = self.training
         self.eval()
@@ -587,6 +669,23 @@ class DiffusionModule(pl.LightningModule):
             cond = {k: v.to(self.device) for k, v in cond.items()}
         elif cond is not None:
             cond = cond.to(self.device)
+        boxes = kwargs.pop("boxes", None)
+        if self.hparams.layout_from and isinstance(cond, dict) and "layout" not in cond:
+            # Two stages: the planner draws the boxes for the prompt (same seed, same path)
+            if boxes is None:
+                planner, vae = self.planner, self.vae
+                size = (vae.latent_frames(planner.net.frames), planner.hparams.height // vae.space_factor,
+                        planner.hparams.width // vae.space_factor)
+                if tuple(shape[2:]) != size:
+                    raise ValueError(f"the layout planner plans {planner.net.frames} frames at "
+                                     f"{planner.hparams.height}x{planner.hparams.width} (latents {size}), not latents "
+                                     f"{tuple(shape[2:])}: sample that size, or give boxes= for yours")
+                boxes = planner.plan(cond, seed)
+            boxes = boxes.to(self.device)
+            cond = {**cond, "layout": self.layout_maps(boxes, shape)}
+            self.planned_boxes = boxes  # the plan, to draw beside the video
+        elif boxes is not None:
+            raise ValueError("boxes= is for a two-stage model (layout_from), that draws in given boxes")
         kwargs.setdefault("sampler", "euler" if self.diffusion.is_flow else "ddim")
         kwargs.setdefault("clip", self.hparams.clip)
         if kwargs.get("autoguidance"):

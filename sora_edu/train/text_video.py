@@ -69,6 +69,35 @@ def scene_indices(world: ShapesWorld, n: int, held_out: bool) -> list[int]:
     return out
 
 
+def training_scenes(n: int, seed: int = 0, frames: int = 16, height: int = 64, width: int = 64) -> list:
+    """The first ``n`` training-split scenes of the world of ``seed`` (drawn, not rendered):
+    the clips :class:`TextVideoDataModule` encodes, in its order."""
+    world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD)
+    return [world.scene(i)[0] for i in scene_indices(world, n, held_out=False)]
+
+
+def scene_boxes(scenes: Sequence) -> torch.Tensor:
+    """One-object scenes -> their object's box in every frame, ``(B, T, 4)`` x0, y0, x1, y1 px."""
+    import numpy as np
+
+    return torch.from_numpy(np.stack([s.objects[0].box for s in scenes])).float()
+
+
+def asked_in(captions: Sequence[str]) -> list[dict]:
+    """One-object detailed captions -> the attributes each names (:func:`asked`'s keys)."""
+    from ..data.worlds import parse_caption
+
+    out = []
+    for caption in captions:
+        parsed = parse_caption(caption)
+        if len(parsed["objects"]) != 1:
+            raise ValueError(f"expected a one-object caption, got {caption!r}")
+        o = parsed["objects"][0]
+        out.append({"shape": o["shape"], "colour": o["colour"], "size": o["size"], "motion": o["motion"],
+                    "background": parsed["background"]})
+    return out
+
+
 def held_out_prompts(n: int, frames: int = 16, height: int = 64, width: int = 64, seed: int = 0) -> list:
     """``n`` scenes with held-out combinations (cycling through :data:`HELD_OUT`, random size,
     background and path): the ground truth of held-out prompts."""
@@ -175,15 +204,19 @@ def clip_adherence(clip, latents: torch.Tensor, wanted: Sequence[dict], batch_si
 
 class _Latents(Dataset):
     def __init__(self, latents: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                 shape_maps: torch.Tensor | None = None) -> None:
-        self.latents, self.ids, self.mask, self.shape_maps = latents, ids, mask, shape_maps
+                 shape_maps: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> None:
+        self.latents, self.ids, self.mask, self.shape_maps, self.boxes = latents, ids, mask, shape_maps, boxes
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, i: int):
-        row = (self.latents[i], self.ids[i], self.mask[i])
-        return row if self.shape_maps is None else (*row, self.shape_maps[i])
+        row = {"x": self.latents[i], "ids": self.ids[i], "mask": self.mask[i]}
+        if self.shape_maps is not None:
+            row["shape_map"] = self.shape_maps[i]
+        if self.boxes is not None:
+            row["boxes"] = self.boxes[i]
+        return row
 
 
 class TextVideoDataModule(EncodedDataModule):
@@ -213,13 +246,16 @@ class TextVideoDataModule(EncodedDataModule):
         shape_maps: batches also carry ``"shape_map" (B, S, T', H', W')``: the renderer's
             per-pixel shape coverage averaged over each latent cell (what a denoiser's
             ``segment_weight`` learns from); rendered once and cached beside the latents.
+        layouts: batches also carry ``"boxes" (B, T, 4)``: the object's box in every frame
+            (pixels; the scenes are drawn again, not rendered), what a two-stage model's
+            video stage is conditioned on (``layout_from``, :mod:`sora_edu.models.layout`).
     """
 
     def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
                  num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
                  captions: str = "detailed", max_len: int = 24, seed: int = 0, captioner: str = "captioner",
                  captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0,
-                 oversample: dict[str, float] | None = None, shape_maps: bool = False) -> None:
+                 oversample: dict[str, float] | None = None, shape_maps: bool = False, layouts: bool = False) -> None:
         super().__init__()
         if captions not in ("detailed", "alt_text", "recaptioned"):
             raise ValueError(f"captions must be 'detailed', 'alt_text' or 'recaptioned', got {captions!r}")
@@ -283,7 +319,8 @@ class TextVideoDataModule(EncodedDataModule):
             texts = captions["detailed" if hp.captions == "recaptioned" else hp.captions]
         ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
         maps = self._shape_maps(n, seed, source) if hp.shape_maps else None
-        return _Latents(latents, ids, mask, maps)
+        boxes = scene_boxes(training_scenes(n, seed, hp.frames, hp.height, hp.width)) if hp.layouts else None
+        return _Latents(latents, ids, mask, maps, boxes)
 
     def _scenes(self, n: int, seed: int, shape_maps: bool = False) -> tuple[ShapesWorld, list[int]]:
         """The world of ``seed`` and its first ``n`` training-split scenes: the cached clips' order."""
@@ -361,9 +398,6 @@ class TextVideoDataModule(EncodedDataModule):
         sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=g)
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, ids, mask, *maps = batch
-        return {"x": x, "ids": ids, "mask": mask, **({"shape_map": maps[0]} if maps else {})}
 
 
 @torch.no_grad()
@@ -433,5 +467,6 @@ class AdherenceCurve(pl.Callback):
               f"held-out {row['held_out_all']:.0%} (seen: {attributes})", flush=True)
 
 
-__all__ = ["AdherenceCurve", "HELD_OUT", "T2V_VOCABULARY", "T2V_WORLD", "TextVideoDataModule", "asked", "clip_adherence", "complete_prompt", "evaluate_text_to_video", "evaluation_prompts",
+__all__ = ["AdherenceCurve", "HELD_OUT", "T2V_VOCABULARY", "T2V_WORLD", "TextVideoDataModule", "asked", "asked_in",
+           "clip_adherence", "scene_boxes", "training_scenes", "complete_prompt", "evaluate_text_to_video", "evaluation_prompts",
            "held_out_prompts", "is_held_out", "scene_indices", "world_prompts"]
