@@ -81,3 +81,18 @@ def test_world_scorer_on_an_empty_video_and_bad_input():
         describe(torch.zeros(1, 3, 8, 32, 32))
     with pytest.raises(ValueError, match="cannot score \\['texture'\\]"):
         score(empty, {"texture": "smooth"})
+
+
+def test_read_motion_from_a_track():
+    from sora_edu.eval.world_score import read_motion
+
+    line = [i * 2.0 for i in range(16)]  # 30 px of travel in a 64-px frame
+    still = [32.0] * 16
+    assert read_motion(list(zip(still, line)), 64) == "right"  # tracks are (row, column)
+    assert read_motion(list(zip(still, line[::-1])), 64) == "left"
+    assert read_motion(list(zip(line, still)), 64) == "down"
+    assert read_motion(list(zip(line[::-1], still)), 64) == "up"
+    wobble = [32.0 + (-1) ** i * 2.5 for i in range(16)]  # under a tenth of the side: still
+    assert read_motion(list(zip(wobble, wobble[::-1])), 64) == "still"
+    assert read_motion(list(zip(line, line)), 64) == "bounce"
+    assert read_motion(list(zip(line, line)), 64, motions=("left", "right", "up", "down")) == "right"  # no bounce asked

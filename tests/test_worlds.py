@@ -16,6 +16,7 @@ from sora_edu.data.worlds import (
     alt_text,
     parse_caption,
     render_prompt,
+    half_extents,
     shape_area,
 )
 
@@ -195,6 +196,11 @@ def test_shape_words_match_the_drawing(shape, size):
     mask = ((to_rgb01(s.video[:, 0]) - bg).abs().amax(0) > 0.5)
     assert _measure_shape(mask) == shape
     assert mask.sum().item() == pytest.approx(shape_area(shape, s.scene.objects[0].radius), rel=0.08)
+    # the drawn extent, edge by edge, is the shape's half-extents about its centre
+    o = s.scene.objects[0]
+    (x, y), ys, xs = o.centre[0], *torch.nonzero(mask, as_tuple=True)
+    drawn = (x - xs.min().item(), y - ys.min().item(), xs.max().item() + 1 - x, ys.max().item() + 1 - y)
+    np.testing.assert_allclose(drawn, half_extents(shape, o.radius), atol=1.5)
 
 
 @pytest.mark.parametrize("frames,height,width", [(1, 64, 64), (16, 48, 80), (5, 32, 17), (3, 80, 48), (2, 9, 9)])

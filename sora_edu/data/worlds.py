@@ -177,7 +177,7 @@ class WorldObject:
     @property
     def box(self) -> np.ndarray:
         """(T, 4) box ``x0, y0, x1, y1`` of the whole shape (hidden parts included), clipped to nothing."""
-        left, top, right, bottom = _half_extents(self.shape, self.radius)
+        left, top, right, bottom = half_extents(self.shape, self.radius)
         x, y = self.centre[:, 0], self.centre[:, 1]
         return np.stack([x - left, y - top, x + right, y + bottom], axis=1)
 
@@ -251,7 +251,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _half_extents(shape: str, r: float) -> tuple[float, float, float, float]:
+def half_extents(shape: str, r: float) -> tuple[float, float, float, float]:
     """Distances from the centre to the left, top, right and bottom edges of a shape."""
     if shape == "triangle":  # equilateral, apex up, circumradius r, centre at the centroid
         return (r * math.sqrt(3) / 2, r, r * math.sqrt(3) / 2, r / 2)
@@ -298,7 +298,7 @@ def bounce_path(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, t: np.
 def _place(rng, config: WorldConfig, shape, colour, size, motion, frames, height, width, window):
     """Sample a trajectory for one object inside ``window = (x_lo, y_lo, x_hi, y_hi)`` (world px)."""
     r = SIZES[size] * min(height, width)
-    left, top, right, bottom = _half_extents(shape, r)
+    left, top, right, bottom = half_extents(shape, r)
     lo = np.array([window[0] + left, window[1] + top])
     hi = np.array([window[2] - right, window[3] - bottom])
     if np.any(hi <= lo):
@@ -398,7 +398,7 @@ def _place_wall(rng, scene: Scene, window) -> None:
     half = scene.wall_width / 2
 
     def band(obj: WorldObject) -> tuple[float, float]:
-        left, _, right, _ = _half_extents(obj.shape, obj.radius)
+        left, _, right, _ = half_extents(obj.shape, obj.radius)
         return obj.centre[:, 0].min() - left, obj.centre[:, 0].max() + right
 
     def clear(obj: WorldObject, x: float) -> bool:
@@ -407,7 +407,7 @@ def _place_wall(rng, scene: Scene, window) -> None:
 
     def crosses(obj: WorldObject) -> bool:
         # Long enough a path to be wholly visible on both sides of the wall.
-        left, _, right, _ = _half_extents(obj.shape, obj.radius)
+        left, _, right, _ = half_extents(obj.shape, obj.radius)
         return obj.motion in ("left", "right") and np.ptp(obj.centre[:, 0]) > scene.wall_width + left + right
 
     target = next((o for o in scene.objects if crosses(o)), None)
@@ -703,5 +703,5 @@ def parse_caption(caption: str) -> dict:
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "SIZES", "MOTIONS", "PANS", "AltTextConfig", "WorldConfig",
     "WorldObject", "Scene", "WorldSample", "ShapesWorld", "sample_scene", "render", "alt_text",
-    "render_prompt", "parse_caption", "shape_area", "check_video_size", "bounce_path", "sample_rng",
+    "render_prompt", "parse_caption", "shape_area", "half_extents", "check_video_size", "bounce_path", "sample_rng",
 ]

@@ -97,12 +97,12 @@ def describe(video: torch.Tensor, min_area: float = 4.0, shapes: Sequence[str] =
         for key, value in zip(keys, best.tolist()):
             votes[key] = votes.get(key, 0.0) + value
     out["shape"], out["size"] = max(votes, key=votes.get)
-    out["motion"] = _motion([p for p in track if p is not None], min(height, width), motions)
+    out["motion"] = read_motion([p for p in track if p is not None], min(height, width), motions)
     out["track"] = track
     return out
 
 
-def _motion(track: Sequence[tuple[float, float]], side: int, motions: Sequence[str] = MOTIONS) -> str:
+def read_motion(track: Sequence[tuple[float, float]], side: int, motions: Sequence[str] = MOTIONS) -> str:
     """Read a motion off a centroid track, choosing among ``motions``. Thresholds leave room
     for a generated object's wobble: the world's movers travel >= ~0.4 of the frame's side,
     so a range under 0.1 of it is "still"; "bounce" (diagonal in this world) needs both
@@ -150,4 +150,4 @@ def adherence(videos: torch.Tensor | Sequence[torch.Tensor], asked: Sequence[dic
     return {k: sum(s[k] for s in scores if k in s) / sum(k in s for s in scores) for k in keys}
 
 
-__all__ = ["ATTRIBUTES", "adherence", "describe", "score"]
+__all__ = ["ATTRIBUTES", "adherence", "describe", "read_motion", "score"]

@@ -57,8 +57,8 @@ def layout_adherence(boxes: torch.Tensor, wanted: Sequence[dict], height: int, w
     (the centre track read as :mod:`~sora_edu.eval.world_score` reads an object's), ``size``
     (the box nearer the asked shape's box at that size than at the other), ``inside`` (every
     box within the frame, 1 px of slack) and ``all``, as fractions."""
-    from ..data.worlds import SIZES, _half_extents
-    from ..eval.world_score import _motion
+    from ..data.worlds import SIZES, half_extents
+    from ..eval.world_score import read_motion
     from .text_video import T2V_WORLD
 
     side = min(height, width)
@@ -69,10 +69,10 @@ def layout_adherence(boxes: torch.Tensor, wanted: Sequence[dict], height: int, w
         row = {}
         if "motion" in want:
             track = [(y, x) for x, y in centre.tolist()]  # the scorer's tracks are (row, column)
-            row["motion"] = _motion(track, side, T2V_WORLD.motions) == want["motion"]
+            row["motion"] = read_motion(track, side, T2V_WORLD.motions) == want["motion"]
         if "size" in want:
             def gap(size):
-                left, top, right, bottom = _half_extents(want["shape"], SIZES[size] * side)
+                left, top, right, bottom = half_extents(want["shape"], SIZES[size] * side)
                 return float((extent - torch.tensor([left + right, top + bottom])).abs().sum())
             row["size"] = min(T2V_WORLD.sizes, key=gap) == want["size"]
         row["inside"] = bool((b[:, :2] >= -1).all() and (b[:, 2] <= width + 1).all() and (b[:, 3] <= height + 1).all())

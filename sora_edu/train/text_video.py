@@ -48,32 +48,42 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = (
 _ENDLESS = 10**9  # the world's index space; only the first few thousand scenes are ever drawn
 
 
+_OBJECT_ATTRIBUTES = ("shape", "colour", "size", "motion")
+
+
 def asked(scene) -> dict:
     """The attributes a one-object scene's detailed caption names."""
     o = scene.objects[0]
-    return {"shape": o.shape, "colour": o.colour, "size": o.size, "motion": o.motion, "background": scene.background}
+    return {**{k: getattr(o, k) for k in _OBJECT_ATTRIBUTES}, "background": scene.background}
 
 
 def is_held_out(attributes: dict) -> bool:
     return (attributes["shape"], attributes["colour"], attributes["motion"]) in HELD_OUT
 
 
+def _split(world: ShapesWorld, n: int, held_out: bool) -> list[tuple[int, object]]:
+    """The first ``n`` (index, scene) pairs of ``world`` whose combination is (not) held out,
+    each scene drawn once and not rendered."""
+    out, i = [], 0
+    while len(out) < n:
+        scene = world.scene(i)[0]
+        if is_held_out(asked(scene)) == held_out:
+            out.append((i, scene))
+        i += 1
+    return out
+
+
 def scene_indices(world: ShapesWorld, n: int, held_out: bool) -> list[int]:
     """The first ``n`` scene indices of ``world`` whose combination is (not) held out.
     Scenes are drawn without rendering, so this is cheap."""
-    out, i = [], 0
-    while len(out) < n:
-        if is_held_out(asked(world.scene(i)[0])) == held_out:
-            out.append(i)
-        i += 1
-    return out
+    return [i for i, _ in _split(world, n, held_out)]
 
 
 def training_scenes(n: int, seed: int = 0, frames: int = 16, height: int = 64, width: int = 64) -> list:
     """The first ``n`` training-split scenes of the world of ``seed`` (drawn, not rendered):
     the clips :class:`TextVideoDataModule` encodes, in its order."""
     world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD)
-    return [world.scene(i)[0] for i in scene_indices(world, n, held_out=False)]
+    return [scene for _, scene in _split(world, n, held_out=False)]
 
 
 def scene_boxes(scenes: Sequence) -> torch.Tensor:
@@ -93,8 +103,7 @@ def asked_in(captions: Sequence[str]) -> list[dict]:
         if len(parsed["objects"]) != 1:
             raise ValueError(f"expected a one-object caption, got {caption!r}")
         o = parsed["objects"][0]
-        out.append({"shape": o["shape"], "colour": o["colour"], "size": o["size"], "motion": o["motion"],
-                    "background": parsed["background"]})
+        out.append({**{k: o[k] for k in _OBJECT_ATTRIBUTES}, "background": parsed["background"]})
     return out
 
 
@@ -114,8 +123,7 @@ def evaluation_prompts(n: int, split: str = "seen", frames: int = 16, height: in
     """``n`` prompts (detailed captions) and the attributes each asks for, from combinations
     seen in training (``split="seen"``, a seed no training set uses) or held out."""
     if split == "seen":
-        world = ShapesWorld(_ENDLESS, frames, height, width, seed, T2V_WORLD)
-        scenes = [world.scene(i)[0] for i in scene_indices(world, n, held_out=False)]
+        scenes = training_scenes(n, seed, frames, height, width)  # the seen split of a world no training set uses
     elif split == "held_out":
         scenes = held_out_prompts(n, frames, height, width, seed)
     else:
