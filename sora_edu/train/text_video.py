@@ -407,7 +407,6 @@ class TextVideoDataModule(EncodedDataModule):
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True)
 
 
-
 @torch.no_grad()
 def evaluate_text_to_video(module, n: int = 64, frames: int = 16, height: int = 64, width: int = 64,
                            splits: Sequence[str] = ("seen", "held_out"), batch_size: int = 32, seed: int = 0,
