@@ -175,6 +175,15 @@ def test_pool_to_latent_groups_frames_as_the_encoder_does():
         vae.pool_to_latent(torch.ones(3, 16, 16, 16))
 
 
+def test_pool_frames_is_pool_to_latent_for_maps_pooled_in_space_first():
+    vae = VideoAutoencoder(stem=(4, 4), channels=(8,), temporal_down=0, z_channels=4)
+    maps = torch.rand(2, 3, 10, 16, 16)
+    spaced = torch.nn.functional.avg_pool3d(maps, (1, 4, 4))
+    torch.testing.assert_close(vae.pool_frames(spaced), vae.pool_to_latent(maps))
+    with pytest.raises(ValueError, match=r"expected maps \(B, K, T, H', W'\)"):
+        vae.pool_frames(spaced[0])
+
+
 def test_semantic_latents_learn_to_name_the_shape_under_each_cell():
     """A shape-aware autoencoder: the semantic loss needs shape maps, and 200 seeded steps on
     small objects make the latent's fixed-length directions name the shape of most object

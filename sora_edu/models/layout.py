@@ -14,7 +14,8 @@ moving the optimum (the weight depends on the condition, not on the target).
 
 Layouts: ``boxes (B, T, 4)`` float, ``x0, y0, x1, y1`` in pixels (x right, y down, as
 :class:`~sora_edu.data.worlds.WorldObject.box`); the planner works on them normalised to
-[-1, 1] as ``(B, 4, T)``; :func:`box_maps` folds them into the latent grid.
+[-1, 1] as ``(B, 4, T)``; :func:`box_coordinates` (and :func:`box_fourier`) turn them into
+per-pixel maps that the video model reads on its latent grid.
 """
 
 from __future__ import annotations
@@ -53,6 +54,50 @@ def box_coordinates(boxes: torch.Tensor, height: int, width: int) -> torch.Tenso
     return torch.stack([u[:, :, None, :].expand(b, t, height, width), v[:, :, :, None].expand(b, t, height, width)], 1)
 
 
+FOURIER_REACH = 1.5  # the Fourier basis spans ±this many half-sizes: the box and a margin around it
+
+
+def box_fourier(boxes: torch.Tensor, height: int, width: int, frequencies: int = 4, cell: int = 1) -> torch.Tensor:
+    """``boxes (B, T, 4)`` px -> ``(B, (2F + 1)**2, T, H / cell, W / cell)``: the 2D Fourier
+    basis of every pixel's place in its frame's box (:func:`box_coordinates`, clamped to
+    ``±FOURIER_REACH``), ``cos`` and ``sin`` of ``F = frequencies`` multiples of the base
+    frequency per axis (and 1) multiplied across the axes, averaged over each ``cell x cell``
+    block of pixels.
+
+    Why: a shape drawn in its box covers a latent cell by the mean of its indicator over the
+    cell's pixels, and an indicator is (nearly) a weighted sum of this basis; averaged over
+    the cell, each shape's coverage is then a *linear* function of these channels, with the
+    shape's own weights, where from the raw coordinates it is a sharp nonlinear one. Networks
+    learn such high-frequency functions of coordinates slowly (spectral bias); Fourier
+    features remove that (Tancik et al., "Fourier Features Let Networks Learn High Frequency
+    Functions in Low Dimensional Domains", arXiv 2006.10739). The basis is separable, so each
+    block's mean is the product of two 1D means: nothing is made at full resolution."""
+    check_boxes(boxes)
+    if frequencies < 1:
+        raise ValueError(f"frequencies must be >= 1, got {frequencies}")
+    if height % cell or width % cell:
+        raise ValueError(f"H and W must be multiples of the cell ({cell}), got {height}x{width}")
+    boxes = boxes.float()
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2
+    k = torch.arange(1, frequencies + 1, device=boxes.device) * torch.pi / FOURIER_REACH
+
+    def axis(n: int, c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # (B, T, n / cell, 2F + 1)
+        pos = torch.arange(n, device=boxes.device) + 0.5
+        angle = ((pos - c) / h).clamp(-FOURIER_REACH, FOURIER_REACH)[..., None] * k
+        basis = torch.cat([torch.ones_like(angle[..., :1]), angle.cos(), angle.sin()], -1)
+        return basis.unflatten(2, (n // cell, cell)).mean(3)
+
+    across, down = axis(width, centre[..., :1], half[..., :1]), axis(height, centre[..., 1:], half[..., 1:])
+    # (B, F, 1, T, h, 1) x (B, 1, G, T, 1, w): the outer product, made in the output's own layout
+    product = down.permute(0, 3, 1, 2)[:, :, None, :, :, None] * across.permute(0, 3, 1, 2)[:, None, :, :, None, :]
+    return product.flatten(1, 2)
+
+
+def fourier_channels(frequencies: int) -> int:
+    """Channels of :func:`box_fourier` with ``frequencies`` per axis."""
+    return (2 * frequencies + 1) ** 2
+
+
 class LayoutPlanner(nn.Module):
     """The layout stage's denoiser: ``forward(x (B, 4, T), t (B,), cond) -> (B, 4, T)``.
 
@@ -88,4 +133,4 @@ class LayoutPlanner(nn.Module):
         return self.out(self.norm(seq[:, -self.frames:])).transpose(1, 2)
 
 
-__all__ = ["LayoutPlanner", "REACH", "box_coordinates", "check_boxes"]
+__all__ = ["FOURIER_REACH", "LayoutPlanner", "REACH", "box_coordinates", "box_fourier", "check_boxes", "fourier_channels"]

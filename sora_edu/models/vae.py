@@ -309,6 +309,16 @@ class VideoAutoencoder(nn.Module):
         ``(B, K, T', H/s, W/s)`` (:meth:`fold_to_latent`'s grouping)."""
         return self.fold_to_latent(maps).mean(2)
 
+    def pool_frames(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps already on the latent's spatial grid ``(B, K, T, H', W')`` -> their mean over
+        each latent frame's frames ``(B, K, T', H', W')`` (:meth:`fold_to_latent`'s grouping in
+        time): the time half of :meth:`pool_to_latent`, for maps pooled in space their own way."""
+        if maps.ndim != 5:
+            raise ValueError(f"expected maps (B, K, T, H', W'), got shape {tuple(maps.shape)}")
+        padded = self._pad_time(maps)  # frame 0 alone, then groups of time_factor (a view: no fold needed)
+        rest = padded[:, :, 1:].unflatten(2, (-1, self.time_factor)).mean(3)
+        return torch.cat([padded[:, :, :1], rest], 2)
+
     # --- encode / decode ------------------------------------------------------------------
 
     def encode_moments(self, video: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,11 @@ network with ``layout_channels`` as :func:`~sora_edu.models.layout.box_coordinat
 into the latent grid, and samples in boxes that planner draws for the prompt (or in
 ``boxes=`` you give). ``layout_weight = w`` weighs the loss ``w`` times in the latent cells
 the object's box touches: a weight that depends on the condition, so, unlike one that
-depends on the target, it does not move the optimum.
+depends on the target, it does not move the optimum. ``layout_fourier = F`` adds
+:func:`~sora_edu.models.layout.box_fourier`'s ``(2F + 1)**2`` channels (each latent cell's mean
+of the Fourier basis of its pixels' place in the box) after the coordinates, so that a shape's
+coverage of a cell is linear in the network's input (the network's ``layout_channels`` count
+both).
 ``text_lr_scale`` multiplies the learning rate of the network's text encoder (0 freezes it,
 as Imagen keeps T5 frozen; measured on ``t2v_unet`` with ``text_from``: colour learned
 sooner, the same final figure). ``sigma_data`` is ``flow_skip``'s data scale (see
@@ -79,7 +83,7 @@ class DiffusionModule(pl.LightningModule):
                  probe_overrides: list[str] | None = None, probe_weight: float = 0.2, probe_level: int = 1,
                  target_memo: int = 0, segment_weight: float = 0.0, text_lr_scale: float = 1.0,
                  sigma_data: float = 1.0, layout_from: str | None = None, layout_overrides: list[str] | None = None,
-                 layout_weight: float = 1.0) -> None:
+                 layout_weight: float = 1.0, layout_fourier: int = 0, layout_coordinates: bool = True) -> None:
         super().__init__()
         if bool(layout_from) != bool(getattr(net, "layout_channels", 0)):
             raise ValueError("layout_from (the planner) and a network with layout_channels (what draws in its boxes) "
@@ -90,6 +94,11 @@ class DiffusionModule(pl.LightningModule):
         if layout_weight < 1.0 or (layout_weight != 1.0 and not layout_from):
             raise ValueError(f"layout_weight (>= 1) weighs the layout's object cells: it needs layout_from, "
                              f"got {layout_weight} with layout_from={layout_from!r}")
+        if layout_fourier < 0 or (layout_fourier and not layout_from):
+            raise ValueError(f"layout_fourier (>= 0 frequencies per axis) adds Fourier features of the layout's boxes: "
+                             f"it needs layout_from, got {layout_fourier} with layout_from={layout_from!r}")
+        if not layout_coordinates and not layout_fourier:
+            raise ValueError("layout_coordinates=False leaves the Fourier features alone: set layout_fourier too")
         if text_lr_scale < 0:
             raise ValueError(f"text_lr_scale multiplies the learning rate of the text encoder (0 freezes it), "
                              f"got {text_lr_scale}")
@@ -238,11 +247,12 @@ class DiffusionModule(pl.LightningModule):
         return batch["boxes"]
 
     def layout_maps(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
-        """Boxes ``(B, T, 4)`` (pixels) -> the network's layout channels ``(B, 2 P, T', h, w)``
+        """Boxes ``(B, T, 4)`` (pixels) -> the network's layout channels ``(B, 2 P [+ (2F + 1)**2], T', h, w)``
         for latents of ``latent_shape (B, C, T', h, w)``: every pixel's place in its box
         (:func:`~sora_edu.models.layout.box_coordinates`), each latent cell's ``P`` pixels side
-        by side, as the autoencoder folds them."""
-        from ..models.layout import box_coordinates, check_boxes
+        by side, as the autoencoder folds them; with ``layout_fourier = F``, then each cell's
+        mean Fourier basis of those places (:func:`~sora_edu.models.layout.box_fourier`)."""
+        from ..models.layout import box_coordinates, box_fourier, check_boxes
 
         vae = self.vae
         *_, frames, h, w = latent_shape
@@ -250,8 +260,14 @@ class DiffusionModule(pl.LightningModule):
         if vae.latent_frames(boxes.shape[1]) != frames:
             raise ValueError(f"{boxes.shape[1]} frames of boxes make {vae.latent_frames(boxes.shape[1])} latent frames, "
                              f"the latents have {frames}")
-        coords = box_coordinates(boxes.to(self.device), h * vae.space_factor, w * vae.space_factor)
-        return vae.fold_to_latent(coords).flatten(1, 2)
+        boxes = boxes.to(self.device)
+        s = vae.space_factor
+        maps = []
+        if self.hparams.layout_coordinates:
+            maps.append(vae.fold_to_latent(box_coordinates(boxes, h * s, w * s)).flatten(1, 2))
+        if self.hparams.layout_fourier:
+            maps.append(vae.pool_frames(box_fourier(boxes, h * s, w * s, self.hparams.layout_fourier, cell=s)))
+        return torch.cat(maps, 1) if len(maps) > 1 else maps[0]
 
     def box_weight(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """``(B, 1, T', h, w)``: ``layout_weight`` in the latent cells within one cell of the

@@ -298,6 +298,7 @@ class TextVideoDataModule(EncodedDataModule):
         cached = ((int(f.name.rsplit("-n", 1)[1]), f) for f in root.glob(f"{key}-n*") if (f / "captions.json").exists())
         larger = sorted(c for c in cached if c[0] >= n)
         source = folder  # where the latents are read from; their shape maps live beside them
+        scenes = None  # the drawn scenes, when this call renders them (their boxes are the layouts)
         if larger:
             n_found, found = larger[0]
             source = found
@@ -308,9 +309,10 @@ class TextVideoDataModule(EncodedDataModule):
         else:
             # with shape_maps the maps come from the same render: the scenes are drawn once
             world, indices = self._scenes(n, seed, hp.shape_maps)
-            parts, maps, captions = [], [], {"detailed": [], "alt_text": []}
+            parts, maps, captions, scenes = [], [], {"detailed": [], "alt_text": []}, []
             for start in range(0, n, 64):
                 samples = world.samples(indices[start:start + 64])
+                scenes += [s.scene for s in samples]
                 parts.append(self.vae.encode(torch.stack([s.video for s in samples])) * self.vae.scale_factor)
                 if hp.shape_maps:
                     maps.append(self._pooled_maps(samples))
@@ -327,7 +329,9 @@ class TextVideoDataModule(EncodedDataModule):
             texts = captions["detailed" if hp.captions == "recaptioned" else hp.captions]
         ids, mask = WordTokenizer.for_world().encode(texts, max_len=hp.max_len)
         maps = self._shape_maps(n, seed, source) if hp.shape_maps else None
-        boxes = scene_boxes(training_scenes(n, seed, hp.frames, hp.height, hp.width)) if hp.layouts else None
+        boxes = None
+        if hp.layouts:
+            boxes = scene_boxes(scenes or training_scenes(n, seed, hp.frames, hp.height, hp.width))
         return _Latents(latents, ids, mask, maps, boxes)
 
     def _scenes(self, n: int, seed: int, shape_maps: bool = False) -> tuple[ShapesWorld, list[int]]:
