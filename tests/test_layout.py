@@ -200,9 +200,14 @@ def test_layout_fourier_adds_each_cells_fourier_features_after_the_coordinates()
     per_frame = box_fourier(boxes, 32, 32, frequencies=2, cell=4)
     torch.testing.assert_close(maps[:, 128:, 0], per_frame[:, :, 0])  # latent frame 0 is frame 0 alone
     torch.testing.assert_close(maps[:, 128:, 1], per_frame[:, :, 1:].mean(2))  # then frames 1-4
+    module.hparams.layout_fourier, module.hparams.layout_coordinates = 2, False  # the features alone
+    torch.testing.assert_close(module.layout_maps(boxes, (2, 4, 2, 8, 8)), maps[:, 128:])
     net = UNet(4, (8, 16), num_classes=None, vocab_size=62, text_dim=16, text_depth=1)
     with pytest.raises(ValueError, match="layout_fourier .* needs layout_from"):
         DiffusionModule(net, num_classes=None, vae="vae_t2v", layout_fourier=2)
+    with pytest.raises(ValueError, match="layout_coordinates=False leaves the Fourier features alone"):
+        DiffusionModule(module.net, objective="flow_x0", num_classes=None, vae="vae_t2v", layout_from="layout_t2v",
+                        layout_coordinates=False)
 
 
 def test_the_box_weight_weighs_the_cells_the_box_touches_and_keeps_the_loss_scale():

@@ -315,7 +315,7 @@ class VideoAutoencoder(nn.Module):
         time): the time half of :meth:`pool_to_latent`, for maps pooled in space their own way."""
         if maps.ndim != 5:
             raise ValueError(f"expected maps (B, K, T, H', W'), got shape {tuple(maps.shape)}")
-        padded = self._pad_time(maps)  # frame 0 alone, then groups of time_factor (a view: no fold needed)
+        padded = self._pad_time(maps)  # frame 0 alone, then groups of time_factor frames
         rest = padded[:, :, 1:].unflatten(2, (-1, self.time_factor)).mean(3)
         return torch.cat([padded[:, :, :1], rest], 2)
 

@@ -39,8 +39,9 @@ the object's box touches: a weight that depends on the condition, so, unlike one
 depends on the target, it does not move the optimum. ``layout_fourier = F`` adds
 :func:`~sora_edu.models.layout.box_fourier`'s ``(2F + 1)**2`` channels (each latent cell's mean
 of the Fourier basis of its pixels' place in the box) after the coordinates, so that a shape's
-coverage of a cell is linear in the network's input (the network's ``layout_channels`` count
-both).
+coverage of a cell is linear in the network's input; ``layout_coordinates=False`` then drops
+the coordinates (``t2v_fast.yaml``: 81 channels instead of 128; the network's
+``layout_channels`` count what is kept).
 ``text_lr_scale`` multiplies the learning rate of the network's text encoder (0 freezes it,
 as Imagen keeps T5 frozen; measured on ``t2v_unet`` with ``text_from``: colour learned
 sooner, the same final figure). ``sigma_data`` is ``flow_skip``'s data scale (see
@@ -247,11 +248,12 @@ class DiffusionModule(pl.LightningModule):
         return batch["boxes"]
 
     def layout_maps(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
-        """Boxes ``(B, T, 4)`` (pixels) -> the network's layout channels ``(B, 2 P [+ (2F + 1)**2], T', h, w)``
+        """Boxes ``(B, T, 4)`` (pixels) -> the network's layout channels ``(B, [2 P] [+ (2F + 1)**2], T', h, w)``
         for latents of ``latent_shape (B, C, T', h, w)``: every pixel's place in its box
         (:func:`~sora_edu.models.layout.box_coordinates`), each latent cell's ``P`` pixels side
-        by side, as the autoencoder folds them; with ``layout_fourier = F``, then each cell's
-        mean Fourier basis of those places (:func:`~sora_edu.models.layout.box_fourier`)."""
+        by side, as the autoencoder folds them (unless ``layout_coordinates=False``); with
+        ``layout_fourier = F``, then each cell's mean Fourier basis of those places
+        (:func:`~sora_edu.models.layout.box_fourier`)."""
         from ..models.layout import box_coordinates, box_fourier, check_boxes
 
         vae = self.vae
