@@ -49,6 +49,12 @@ def test_box_fourier_is_each_cells_mean_fourier_basis_of_the_box_coordinates():
     full = torch.einsum("bthwf,bthwg->bfgthw", basis(uv[:, 1]), basis(uv[:, 0])).flatten(1, 2)
     torch.testing.assert_close(f, torch.nn.functional.avg_pool3d(full, (1, 4, 4)), atol=1e-5, rtol=0)
     assert torch.equal(f[:, 0], torch.ones_like(f[:, 0]))  # the constant, 1 x 1
+    # frame weights average the frames inside the product: the same as averaging its output
+    weights = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.25, 0.75]])
+    torch.testing.assert_close(box_fourier(boxes, 64, 32, frequencies=3, cell=4, frame_weights=weights),
+                               torch.einsum("st,bkthw->bkshw", weights, f), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"frame_weights must be \(T', 3\)"):
+        box_fourier(boxes, 64, 32, frame_weights=torch.ones(2, 4))
     with pytest.raises(ValueError, match="multiples of the cell"):
         box_fourier(boxes, 30, 32, cell=4)
     with pytest.raises(ValueError, match="frequencies must be >= 1"):
@@ -218,6 +224,15 @@ def test_the_box_weight_weighs_the_cells_the_box_touches_and_keeps_the_loss_scal
     touched = torch.zeros(8, 8)
     touched[1:5, 1:5] = 1  # pixels 5 .. 19 (one cell of margin) fall in cells 1 .. 4
     torch.testing.assert_close(weight[0, 0, 1], 1 + 4 * touched)
+    # moving boxes: the cells the padded box touches at pixel level in any of their frames
+    moving = scene_boxes(training_scenes(3, frames=5, height=32, width=32))
+    pad = module.vae.space_factor
+    xs = torch.arange(32) + 0.5
+    in_x = (xs >= moving[..., :1] - pad) & (xs <= moving[..., 2:3] + pad)
+    in_y = (xs >= moving[..., 1:2] - pad) & (xs <= moving[..., 3:] + pad)
+    pixels = (in_y[..., :, None] & in_x[..., None, :])[:, None].float()  # (B, 1, T, H, W)
+    torch.testing.assert_close(module.box_weight(moving, (3, 4, 2, 8, 8)),
+                               1 + 4 * module.vae.fold_to_latent(pixels).amax(2))
     # Diffusion.loss: the weighted mean, divided by the weight's mean
     diffusion = module.diffusion
     x, noise, t = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 8, 8), torch.tensor([0.5])

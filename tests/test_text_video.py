@@ -120,6 +120,13 @@ def test_a_larger_cached_latent_set_serves_a_smaller_one(tmp_path, monkeypatch):
     larger = TextVideoDataModule(num_train=14, **size)
     larger.setup()
     torch.testing.assert_close(larger.train_set.latents[:12], big.train_set.latents, rtol=1e-5, atol=1e-5)
+    # encoded under bf16 autocast: close to the fp32 latents, and cached apart from them
+    half = TextVideoDataModule(num_train=12, encode_bf16=True, **size)
+    half.setup()
+    assert not torch.equal(half.train_set.latents, big.train_set.latents)
+    scale = big.train_set.latents.abs().max()
+    torch.testing.assert_close(half.train_set.latents / scale, big.train_set.latents / scale, rtol=0, atol=0.03)
+    assert len(list((tmp_path / "latents" / "text_video").glob("*/captions.json"))) == 3 + 2
 
 
 def test_shape_maps_are_the_rendered_coverage_pooled_to_the_latent_grid_and_cached(tmp_path, monkeypatch):

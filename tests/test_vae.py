@@ -184,6 +184,17 @@ def test_pool_frames_is_pool_to_latent_for_maps_pooled_in_space_first():
         vae.pool_frames(spaced[0])
 
 
+def test_frame_weights_average_each_latent_frames_own_frames():
+    vae = VideoAutoencoder(stem=(4, 4), channels=(8,), temporal_down=0, z_channels=4)
+    w = vae.frame_weights(16)  # frame 0 alone, then 1-4, 5-8, 9-12, and 13-15 with 15 again as padding
+    assert w.shape == (5, 16)
+    torch.testing.assert_close(w.sum(1), torch.ones(5))
+    assert w[0, 0] == 1 and torch.equal(w[1, 1:5], torch.full((4,), 0.25)) and w[1, 5:].sum() == 0
+    assert torch.equal(w[4, 13:], torch.tensor([0.25, 0.25, 0.5]))
+    assert torch.equal(vae.frame_weights(1), torch.ones(1, 1))
+    assert torch.equal(vae.frame_weights(5), vae.frame_weights(16)[:2, :5])
+
+
 def test_semantic_latents_learn_to_name_the_shape_under_each_cell():
     """A shape-aware autoencoder: the semantic loss needs shape maps, and 200 seeded steps on
     small objects make the latent's fixed-length directions name the shape of most object

@@ -39,17 +39,25 @@ def check_boxes(boxes: torch.Tensor, frames: int | None = None) -> None:
         raise ValueError("every box needs x1 > x0 and y1 > y0 (pixels)")
 
 
+def _box_axes(boxes: torch.Tensor, height: int, width: int, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``boxes (B, T, 4)`` px -> ``u (B, T, W)``, ``v (B, T, H)``: each pixel column's (row's)
+    place in its frame's box, ``(x - centre) / half-width``, clamped to ``±reach``. Both maps
+    are separable, so the per-axis values are all there is to compute."""
+    boxes = boxes.float()
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2
+    xs = torch.arange(width, device=boxes.device) + 0.5
+    ys = torch.arange(height, device=boxes.device) + 0.5
+    u = ((xs - centre[..., :1]) / half[..., :1]).clamp(-reach, reach)
+    v = ((ys - centre[..., 1:]) / half[..., 1:]).clamp(-reach, reach)
+    return u, v
+
+
 def box_coordinates(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``boxes (B, T, 4)`` px -> ``(B, 2, T, H, W)``: every pixel's position in its frame's
     box, ``(x - centre) / half-width`` and the same for y, clamped to ``±REACH``: 0 at the
     centre, ±1 on the box's edges. What the video model reads to draw inside the box."""
     check_boxes(boxes)
-    boxes = boxes.float()
-    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2
-    xs = torch.arange(width, device=boxes.device) + 0.5
-    ys = torch.arange(height, device=boxes.device) + 0.5
-    u = ((xs - centre[..., :1]) / half[..., :1]).clamp(-REACH, REACH)  # (B, T, W)
-    v = ((ys - centre[..., 1:]) / half[..., 1:]).clamp(-REACH, REACH)  # (B, T, H)
+    u, v = _box_axes(boxes, height, width, REACH)
     b, t = boxes.shape[:2]
     return torch.stack([u[:, :, None, :].expand(b, t, height, width), v[:, :, :, None].expand(b, t, height, width)], 1)
 
@@ -57,7 +65,8 @@ def box_coordinates(boxes: torch.Tensor, height: int, width: int) -> torch.Tenso
 FOURIER_REACH = 1.5  # the Fourier basis spans ±this many half-sizes: the box and a margin around it
 
 
-def box_fourier(boxes: torch.Tensor, height: int, width: int, frequencies: int = 4, cell: int = 1) -> torch.Tensor:
+def box_fourier(boxes: torch.Tensor, height: int, width: int, frequencies: int = 4, cell: int = 1,
+                frame_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``boxes (B, T, 4)`` px -> ``(B, (2F + 1)**2, T, H / cell, W / cell)``: the 2D Fourier
     basis of every pixel's place in its frame's box (:func:`box_coordinates`, clamped to
     ``±FOURIER_REACH``), ``cos`` and ``sin`` of ``F = frequencies`` multiples of the base
@@ -71,26 +80,35 @@ def box_fourier(boxes: torch.Tensor, height: int, width: int, frequencies: int =
     learn such high-frequency functions of coordinates slowly (spectral bias); Fourier
     features remove that (Tancik et al., "Fourier Features Let Networks Learn High Frequency
     Functions in Low Dimensional Domains", arXiv 2006.10739). The basis is separable, so each
-    block's mean is the product of two 1D means: nothing is made at full resolution."""
+    block's mean is the product of two 1D means: nothing is made at full resolution.
+
+    ``frame_weights (T', T)`` (e.g. :meth:`~sora_edu.models.vae.VideoAutoencoder.frame_weights`)
+    averages the frames too, ``(B, (2F + 1)**2, T', H / cell, W / cell)``, inside the same
+    product, so the per-frame maps are never made either."""
     check_boxes(boxes)
     if frequencies < 1:
         raise ValueError(f"frequencies must be >= 1, got {frequencies}")
     if height % cell or width % cell:
         raise ValueError(f"H and W must be multiples of the cell ({cell}), got {height}x{width}")
-    boxes = boxes.float()
-    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2
+    frames = boxes.shape[1]
+    if frame_weights is None:
+        frame_weights = torch.eye(frames)
+    if frame_weights.ndim != 2 or frame_weights.shape[1] != frames:
+        raise ValueError(f"frame_weights must be (T', {frames}) for {frames} frames of boxes, "
+                         f"got shape {tuple(frame_weights.shape)}")
     k = torch.arange(1, frequencies + 1, device=boxes.device) * torch.pi / FOURIER_REACH
 
-    def axis(n: int, c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # (B, T, n / cell, 2F + 1)
-        pos = torch.arange(n, device=boxes.device) + 0.5
-        angle = ((pos - c) / h).clamp(-FOURIER_REACH, FOURIER_REACH)[..., None] * k
+    def axis(place: torch.Tensor) -> torch.Tensor:  # (B, T, n) -> (B, T, n / cell, 2F + 1)
+        angle = place[..., None] * k
         basis = torch.cat([torch.ones_like(angle[..., :1]), angle.cos(), angle.sin()], -1)
-        return basis.unflatten(2, (n // cell, cell)).mean(3)
+        return basis.unflatten(2, (place.shape[2] // cell, cell)).mean(3)
 
-    across, down = axis(width, centre[..., :1], half[..., :1]), axis(height, centre[..., 1:], half[..., 1:])
-    # (B, F, 1, T, h, 1) x (B, 1, G, T, 1, w): the outer product, made in the output's own layout
-    product = down.permute(0, 3, 1, 2)[:, :, None, :, :, None] * across.permute(0, 3, 1, 2)[:, None, :, :, None, :]
-    return product.flatten(1, 2)
+    u, v = _box_axes(boxes, height, width, FOURIER_REACH)
+    across, down = axis(u), axis(v)  # (B, T, w, G), (B, T, h, F)
+    # the outer product of the two axes' bases, summed over the frames with their weights:
+    # one batched matmul over T per clip
+    weighted = frame_weights.to(down)[None, :, :, None, None] * down[:, None]  # (B, T', T, h, F)
+    return torch.einsum("bstif,btjg->bfgsij", weighted, across).flatten(1, 2)
 
 
 def fourier_channels(frequencies: int) -> int:

@@ -315,9 +315,18 @@ class VideoAutoencoder(nn.Module):
         time): the time half of :meth:`pool_to_latent`, for maps pooled in space their own way."""
         if maps.ndim != 5:
             raise ValueError(f"expected maps (B, K, T, H', W'), got shape {tuple(maps.shape)}")
-        padded = self._pad_time(maps)  # frame 0 alone, then groups of time_factor frames
-        rest = padded[:, :, 1:].unflatten(2, (-1, self.time_factor)).mean(3)
-        return torch.cat([padded[:, :, :1], rest], 2)
+        return torch.einsum("st,bkthw->bkshw", self.frame_weights(maps.shape[2]).to(maps), maps)
+
+    def frame_weights(self, frames: int) -> torch.Tensor:
+        """``(T', T)``: each latent frame's weights over the ``frames`` video frames it encodes,
+        rows summing to 1 (frame 0 alone, then ``time_factor`` frames; the last group padded
+        with the last frame, so that frame weighs more). A mean over each latent frame's
+        frames is this matrix times the frame axis; its support is the grouping."""
+        rows = torch.zeros(self.latent_frames(frames), frames)
+        rows[0, 0] = 1.0
+        for frame in range(1, 1 + (len(rows) - 1) * self.time_factor):  # the padded frames repeat the last
+            rows[1 + (frame - 1) // self.time_factor, min(frame, frames - 1)] += 1.0 / self.time_factor
+        return rows
 
     # --- encode / decode ------------------------------------------------------------------
 

@@ -268,7 +268,8 @@ class DiffusionModule(pl.LightningModule):
         if self.hparams.layout_coordinates:
             maps.append(vae.fold_to_latent(box_coordinates(boxes, h * s, w * s)).flatten(1, 2))
         if self.hparams.layout_fourier:
-            maps.append(vae.pool_frames(box_fourier(boxes, h * s, w * s, self.hparams.layout_fourier, cell=s)))
+            weights = vae.frame_weights(boxes.shape[1])
+            maps.append(box_fourier(boxes, h * s, w * s, self.hparams.layout_fourier, cell=s, frame_weights=weights))
         return torch.cat(maps, 1) if len(maps) > 1 else maps[0]
 
     def box_weight(self, boxes: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
@@ -281,8 +282,12 @@ class DiffusionModule(pl.LightningModule):
         ys = torch.arange(h * pad, device=boxes.device) + 0.5
         in_x = (xs >= boxes[..., :1] - pad) & (xs <= boxes[..., 2:3] + pad)  # (B, T, W)
         in_y = (ys >= boxes[..., 1:2] - pad) & (ys <= boxes[..., 3:] + pad)  # (B, T, H)
-        inside = (in_y[..., :, None] & in_x[..., None, :])[:, None].float()  # (B, 1, T, H, W)
-        cells = vae.fold_to_latent(inside).amax(2)
+        # a cell meets the padded box in a frame iff its columns and its rows both do (the box
+        # is a product of two intervals), so nothing is made at pixel resolution
+        cols, rows = in_x.unflatten(2, (w, pad)).any(3), in_y.unflatten(2, (h, pad)).any(3)
+        per_frame = rows[..., :, None] & cols[..., None, :]  # (B, T, h, w)
+        group = vae.frame_weights(boxes.shape[1]).to(boxes.device) > 0  # (T', T): each latent frame's frames
+        cells = (group[None, :, :, None, None] & per_frame[:, None]).any(2)[:, None].float()  # (B, 1, T', h, w)
         return 1 + (self.hparams.layout_weight - 1) * cells
 
     def encode_prompts(self, prompts: list[str], max_len: int = PROMPT_LEN) -> dict:

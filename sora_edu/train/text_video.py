@@ -257,13 +257,18 @@ class TextVideoDataModule(EncodedDataModule):
         layouts: batches also carry ``"boxes" (B, T, 4)``: the object's box in every frame
             (pixels; the scenes are drawn again, not rendered), what a two-stage model's
             video stage is conditioned on (``layout_from``, :mod:`sora_edu.models.layout`).
+        encode_bf16: encode under bf16 autocast, as an autoencoder trained under
+            ``bf16-mixed`` ran in training: ~40 % faster on a CPU (0.47 vs 0.81 s per 64
+            clips); the latents differ from fp32's by ~0.5 % of their range, so they are
+            cached apart.
     """
 
     def __init__(self, vae: str = "vae_t2v", vae_overrides: list[str] | None = None, num_train: int = 8000,
                  num_val: int = 256, frames: int = 16, height: int = 64, width: int = 64, batch_size: int = 64,
                  captions: str = "detailed", max_len: int = 24, seed: int = 0, captioner: str = "captioner",
                  captioner_overrides: list[str] | None = None, recaption_mix: float = 1.0,
-                 oversample: dict[str, float] | None = None, shape_maps: bool = False, layouts: bool = False) -> None:
+                 oversample: dict[str, float] | None = None, shape_maps: bool = False, layouts: bool = False,
+                 encode_bf16: bool = False) -> None:
         super().__init__()
         if captions not in ("detailed", "alt_text", "recaptioned"):
             raise ValueError(f"captions must be 'detailed', 'alt_text' or 'recaptioned', got {captions!r}")
@@ -289,8 +294,9 @@ class TextVideoDataModule(EncodedDataModule):
         from .cached import cached_path
 
         hp = self.hparams
-        key = config_hash({"vae": cached_path(hp.vae, *(hp.vae_overrides or [])).name, "seed": seed,
-                           "size": [hp.frames, hp.height, hp.width], "world": repr(T2V_WORLD), "held_out": HELD_OUT})
+        videos = {"vae": cached_path(hp.vae, *(hp.vae_overrides or [])).name, "seed": seed,
+                  "size": [hp.frames, hp.height, hp.width], "world": repr(T2V_WORLD), "held_out": HELD_OUT}
+        key = config_hash({**videos, "encode": "bf16"} if hp.encode_bf16 else videos)  # fp32 keys as before
         root = cache_dir() / "latents" / "text_video"
         folder = root / f"{key}-n{n}"
         # The first n training scenes are a prefix of the first N > n, so a larger cached set
@@ -313,7 +319,9 @@ class TextVideoDataModule(EncodedDataModule):
             for start in range(0, n, 64):
                 samples = world.samples(indices[start:start + 64])
                 scenes += [s.scene for s in samples]
-                parts.append(self.vae.encode(torch.stack([s.video for s in samples])) * self.vae.scale_factor)
+                with torch.autocast(self.vae.scale_factor.device.type, dtype=torch.bfloat16, enabled=hp.encode_bf16):
+                    z = self.vae.encode(torch.stack([s.video for s in samples])).float()
+                parts.append(z * self.vae.scale_factor)
                 if hp.shape_maps:
                     maps.append(self._pooled_maps(samples))
                 captions["detailed"] += [s.caption for s in samples]
